@@ -1,0 +1,188 @@
+//! The bodies that stream through the gateway, and their idle deadline.
+//!
+//! Bodies are never buffered whole: frames pass from one side to the other as they come, with
+//! hyper's flow control providing back-pressure, so a 512 MiB transfer costs a few buffers of
+//! memory. An upstream response body also carries what must live exactly as long as the response
+//! does: the backend lease (in-flight count for balancing) and the pooled connection, which goes
+//! back to the pool only once the body has been read to its end.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::balance::Lease;
+use crate::pool::Checkin;
+
+/// The error type of bodies the gateway hands to hyper.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A body that made no progress for the route's `idle_timeout_ms`.
+#[derive(Debug)]
+pub struct IdleTimeout(Duration);
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "body idle for {} ms (idle_timeout_ms)", self.0.as_millis())
+    }
+}
+
+impl StdError for IdleTimeout {}
+
+/// Fails a body that stalls. The timer is created only when a body actually waits, so small
+/// bodies that arrive in one frame never allocate one.
+struct IdleDeadline {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleDeadline {
+    fn new(timeout: Duration) -> Self {
+        IdleDeadline { timeout, sleep: None }
+    }
+
+    /// Polls `frame` under the deadline: progress re-arms it, a stall past it is an error.
+    fn poll<T, E: Into<BoxError>>(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: Poll<Option<Result<T, E>>>,
+    ) -> Poll<Option<Result<T, BoxError>>> {
+        match frame {
+            Poll::Ready(ready) => {
+                if let Some(sleep) = &mut self.sleep {
+                    sleep.as_mut().reset(Instant::now() + self.timeout);
+                }
+                Poll::Ready(ready.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(IdleTimeout(timeout).into())))
+            }
+        }
+    }
+}
+
+/// A client's request body on its way to a backend.
+pub struct RequestBody {
+    inner: Incoming,
+    idle: IdleDeadline,
+}
+
+impl RequestBody {
+    /// Streams `inner`, failing it after `idle_timeout` without a frame.
+    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
+        RequestBody { inner, idle: IdleDeadline::new(idle_timeout) }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        this.idle.poll(cx, frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the gateway sends to a client: a backend's body, or a small body of its own.
+pub enum ResponseBody {
+    /// A body the gateway wrote (errors); `None` once sent.
+    Full(Option<Bytes>),
+    /// A backend's body, streamed.
+    Upstream(UpstreamBody),
+}
+
+impl ResponseBody {
+    /// A complete body of the gateway's own.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+/// A backend's response body, with the lease and connection it holds until its end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: IdleDeadline,
+    checkin: Option<Checkin>,
+    _lease: Lease,
+}
+
+impl UpstreamBody {
+    /// `checkin` returns the connection to the pool once the body is complete (HTTP/1 only).
+    pub fn new(inner: Incoming, idle_timeout: Duration, checkin: Option<Checkin>, lease: Lease) -> Self {
+        UpstreamBody { inner, idle: IdleDeadline::new(idle_timeout), checkin, _lease: lease }
+    }
+
+    /// The body was read to its end: the connection can serve another request.
+    fn release(&mut self) {
+        if let Some(checkin) = self.checkin.take() {
+            checkin.release();
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Hyper does not poll a body that is already complete (an empty 204, say): reuse its
+        // connection anyway. A body dropped half-read takes its connection down with it.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(body) => {
+                let frame = Pin::new(&mut body.inner).poll_frame(cx);
+                let polled = body.idle.poll(cx, frame);
+                if let Poll::Ready(None) = polled {
+                    body.release();
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Upstream(body) => body.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Upstream(body) => body.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The validated configuration: what the rest of the gateway builds a snapshot from.
+//!
+//! Every value here has passed validation (names are unique, references resolve, numbers are in
+//! range), so the code that consumes it never re-checks. Defaults are applied here, once; each
+//! field's doc gives the TOML key and its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::net::Cidr;
+
+/// A whole configuration file, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; relative paths inside it are already resolved against its folder.
+    pub path: PathBuf,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[[listener]]`, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[[upstream]]`, in file order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `[[plugin]]`, in file order.
+    pub plugins: Vec<PluginConfig>,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[admin]`: where the admin API listens.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `listen = "127.0.0.1:9901"` (the default).
+    pub listen: SocketAddr,
+    /// `token = "..."`: a bearer token the admin API demands; none by default.
+    pub token: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LogConfig {
+    /// `format = "text" | "json"`, default `"text"`.
+    pub format: LogFormat,
+    /// `access = true | false`, default `true`: one line per request.
+    pub access: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    /// `drain_timeout_ms = 30000`: how long SIGTERM waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// `name = "public"`: unique among listeners.
+    pub name: String,
+    /// `listen = "127.0.0.1:8080"`.
+    pub listen: SocketAddr,
+    /// `protocol = "http"`: only `http` is served by this version.
+    pub protocol: ListenerProtocol,
+    /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 cleartext (prior knowledge), told apart by the connection preface.
+    Http,
+}
+
+/// `[[upstream]]`: a named pool of backends.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `name = "api"`: unique among upstreams.
+    pub name: String,
+    /// `backends = ["127.0.0.1:9001", { address = "api-2:9002", weight = 2, zone = "eu" }]`.
+    pub backends: Vec<BackendConfig>,
+    /// `balance = "round_robin"` (default) and, for `consistent_hash`, `hash_key`.
+    pub balance: BalancePolicy,
+    /// `protocol = "http1"` (default) or `"http2"` (prior knowledge, for gRPC backends).
+    pub protocol: UpstreamProtocol,
+    /// `resolve_interval_ms = 30000`: how often backend DNS names are resolved again.
+    pub resolve_interval: Duration,
+}
+
+/// One backend of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `address = "host:port"` as written: an IP address or a DNS name.
+    pub address: String,
+    /// The host part of `address` (brackets removed from IPv6).
+    pub host: String,
+    /// The port part of `address`.
+    pub port: u16,
+    /// `weight = 1` (default), at least 1.
+    pub weight: u32,
+    /// `zone = "eu"`: free-form, for plugins that balance by geography.
+    pub zone: Option<String>,
+}
+
+/// How an upstream picks a backend for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalancePolicy {
+    /// `"round_robin"`: smooth weighted round robin.
+    RoundRobin,
+    /// `"least_conn"`: fewest requests in flight relative to weight.
+    LeastConn,
+    /// `"random"`: power of two random choices, weighted.
+    Random,
+    /// `"consistent_hash"`: a hash ring keyed by `hash_key`.
+    ConsistentHash(HashKey),
+}
+
+/// `hash_key = "client_ip" | "header:NAME"` for `consistent_hash` (default `client_ip`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client address plugins and logs see.
+    ClientIp,
+    /// The value of a request header (requests without it hash as the empty string).
+    Header(HeaderName),
+}
+
+/// The HTTP version spoken to an upstream's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    Http1,
+    /// HTTP/2 with prior knowledge: one multiplexed connection per backend and worker.
+    Http2,
+}
+
+/// `[[plugin]]`: validated and kept for the plugin runtime.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// `name = "auth"`: unique among plugins.
+    pub name: String,
+    /// `path = "plugins/auth.wasm"`, resolved against the config file's folder.
+    pub path: PathBuf,
+    /// `on_error = "deny"` (default) or `"allow"`.
+    pub on_error: OnError,
+    /// `timeout_ms = 20`: the deadline of one hook call.
+    pub timeout: Duration,
+    /// `memory_mb = 16`: the memory limit of one instance.
+    pub memory_mb: u32,
+    /// `isolation = "pooled"` (default) or `"fresh"`.
+    pub isolation: Isolation,
+    /// `[plugin.config]`: any table, handed to the plugin's `init` as JSON (`{}` when absent).
+    pub config: serde_json::Value,
+}
+
+/// What happens to a request when a plugin fails on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// The request fails with 500.
+    Deny,
+    /// The plugin is skipped and the request goes on.
+    Allow,
+}
+
+/// Whether plugin instances are reused across hook calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Instances are pooled per worker and reused.
+    Pooled,
+    /// A new instance for every hook call.
+    Fresh,
+}
+
+/// `[[route]]`: which requests go to which upstream, through which plugins.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// `name = "api"`: unique among routes.
+    pub name: String,
+    /// `listener = "public"`: only requests arriving on this listener; every listener when absent.
+    pub listener: Option<String>,
+    /// `host = "api.example.com" | "*.example.com"`: any host when absent.
+    pub host: Option<HostMatch>,
+    /// `methods = ["GET", "POST"]`: any method when absent.
+    pub methods: Option<Vec<Method>>,
+    /// `path_prefix = "/api"` (default `/`), without a trailing slash unless it is `/`.
+    pub path_prefix: String,
+    /// `upstream = "api"`: the index of that upstream in [`Config::upstreams`].
+    pub upstream: usize,
+    /// `plugins = ["auth"]`: indices into [`Config::plugins`], in on-request order.
+    pub plugins: Vec<usize>,
+    /// `strip_prefix = false`: when true, `/api/users` reaches the backend as `/users`.
+    pub strip_prefix: bool,
+    /// `timeout_ms = 30000`: how long to wait for the backend's response headers.
+    pub timeout: Duration,
+    /// `connect_timeout_ms = 2000`: how long to wait for a backend connection.
+    pub connect_timeout: Duration,
+    /// `idle_timeout_ms = 60000`: how long a body may stream without a byte in either direction.
+    pub idle_timeout: Duration,
+}
+
+/// A route's `host` pattern, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`: that host only.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: one or more labels before it.
+    Wildcard(String),
+}

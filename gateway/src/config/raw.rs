@@ -1,0 +1,178 @@
+//! The config file as written: serde types that mirror the TOML keys one to one.
+//!
+//! Unknown keys are rejected here (`deny_unknown_fields`) so a typo fails the load instead of being
+//! silently ignored. Names and references keep their position in the file (`Spanned`) so the
+//! validation that follows can point at the line of a duplicate name or an undefined upstream.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::env::Text;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub upstream: Vec<Spanned<RawUpstream>>,
+    #[serde(default)]
+    pub plugin: Vec<Spanned<RawPlugin>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<Text>>,
+    pub token: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<LogFormatKey>,
+    pub access: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatKey {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub drain_timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<Text>,
+    pub listen: Spanned<Text>,
+    pub protocol: Spanned<ListenerProtocolKey>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<Text>>,
+    pub tls: Option<Spanned<toml::Value>>,
+    pub upstream: Option<Spanned<Text>>,
+    pub plugins: Option<Spanned<Vec<Text>>>,
+    pub connect_ports: Option<Spanned<Vec<u16>>>,
+    pub allow: Option<Spanned<Vec<Text>>>,
+    pub anonymous: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocolKey {
+    Http,
+    Https,
+    Forward,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: Spanned<Text>,
+    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    pub balance: Option<Spanned<RawBalance>>,
+    pub hash_key: Option<Spanned<Text>>,
+    pub protocol: Option<UpstreamProtocolKey>,
+    pub resolve_interval_ms: Option<Spanned<u64>>,
+    pub health: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<toml::Value>>,
+}
+
+/// `"127.0.0.1:9001"` or `{ address = "...", weight = 2, zone = "eu" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a backend: \"host:port\" or { address = \"host:port\", weight = 1, zone = \"eu\" }")]
+pub enum RawBackend {
+    Address(Text),
+    Table(RawBackendTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTable {
+    pub address: Text,
+    pub weight: Option<u32>,
+    pub zone: Option<Text>,
+}
+
+/// `"round_robin"` or `{ plugin = "NAME" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "round_robin | least_conn | random | consistent_hash | { plugin = \"NAME\" }")]
+pub enum RawBalance {
+    Policy(BalanceKey),
+    Plugin { plugin: Text },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceKey {
+    RoundRobin,
+    LeastConn,
+    Random,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocolKey {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: Spanned<Text>,
+    pub path: Spanned<Text>,
+    pub on_error: Option<OnErrorKey>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub memory_mb: Option<Spanned<u32>>,
+    pub isolation: Option<IsolationKey>,
+    pub config: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnErrorKey {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationKey {
+    Pooled,
+    Fresh,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<Text>,
+    pub listener: Option<Spanned<Text>>,
+    pub host: Option<Spanned<Text>>,
+    pub methods: Option<Vec<Spanned<Text>>>,
+    pub path_prefix: Option<Spanned<Text>>,
+    pub upstream: Spanned<Text>,
+    #[serde(default)]
+    pub plugins: Vec<Spanned<Text>>,
+    pub strip_prefix: Option<bool>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+}

@@ -1,0 +1,366 @@
+//! From the file as written to the typed config: defaults, ranges, names and references.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use toml::Spanned;
+
+use super::env::Text;
+use super::error::ConfigError;
+use super::model::*;
+use super::raw::*;
+use crate::net::Cidr;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Validation of one file: knows its path and text so every error can point at a line.
+pub struct Validator<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.file, self.text, span, message)
+    }
+
+    pub fn config(&self, raw: RawConfig) -> Result<Config> {
+        let listeners = raw.listener.into_iter().map(|l| self.listener(l)).collect::<Result<Vec<_>>>()?;
+        if listeners.is_empty() {
+            return Err(ConfigError::whole_file(
+                self.file,
+                "no [[listener]]: add one, e.g. [[listener]] name = \"public\" listen = \"127.0.0.1:8080\" protocol = \"http\"",
+            ));
+        }
+        let listener_names = self.unique_names("listener", listeners.iter().map(|(n, _)| n))?;
+        let upstreams = raw.upstream.into_iter().map(|u| self.upstream(u)).collect::<Result<Vec<_>>>()?;
+        let upstream_names = self.unique_names("upstream", upstreams.iter().map(|(n, _)| n))?;
+        let plugins = raw.plugin.into_iter().map(|p| self.plugin(p)).collect::<Result<Vec<_>>>()?;
+        let plugin_names = self.unique_names("plugin", plugins.iter().map(|(n, _)| n))?;
+        let routes = raw
+            .route
+            .into_iter()
+            .map(|r| self.route(r, &listener_names, &upstream_names, &plugin_names))
+            .collect::<Result<Vec<_>>>()?;
+        let routes_named = routes.iter().map(|(n, _)| n);
+        self.unique_names("route", routes_named)?;
+        Ok(Config {
+            path: self.file.to_path_buf(),
+            admin: self.admin(raw.admin)?,
+            log: LogConfig {
+                format: match raw.log.format {
+                    Some(LogFormatKey::Json) => LogFormat::Json,
+                    Some(LogFormatKey::Text) | None => LogFormat::Text,
+                },
+                access: raw.log.access.unwrap_or(true),
+            },
+            server: ServerConfig { drain_timeout: self.duration(raw.server.drain_timeout_ms, 30_000)? },
+            listeners: listeners.into_iter().map(|(_, l)| l).collect(),
+            upstreams: upstreams.into_iter().map(|(_, u)| u).collect(),
+            plugins: plugins.into_iter().map(|(_, p)| p).collect(),
+            routes: routes.into_iter().map(|(_, r)| r).collect(),
+        })
+    }
+
+    /// Checks that no two items of a kind share a name; returns name -> index for references.
+    fn unique_names<'n>(
+        &self,
+        kind: &str,
+        names: impl Iterator<Item = &'n Spanned<Text>>,
+    ) -> Result<HashMap<&'n str, usize>> {
+        let mut seen = HashMap::new();
+        for (index, name) in names.enumerate() {
+            if seen.insert(name.get_ref().0.as_str(), index).is_some() {
+                return Err(self.err(
+                    name.span(),
+                    format!("duplicate {kind} name `{}`: each {kind} needs its own name", name.get_ref().0),
+                ));
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Resolves a reference to a named item, or says which names exist.
+    fn reference(&self, kind: &str, name: &Spanned<Text>, names: &HashMap<&str, usize>) -> Result<usize> {
+        names.get(name.get_ref().0.as_str()).copied().ok_or_else(|| {
+            let mut known: Vec<_> = names.keys().copied().collect();
+            known.sort_unstable();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            self.err(name.span(), format!("{kind} `{}` is not defined (defined: {known})", name.get_ref().0))
+        })
+    }
+
+    fn duration(&self, value: Option<Spanned<u64>>, default_ms: u64) -> Result<Duration> {
+        match value {
+            None => Ok(Duration::from_millis(default_ms)),
+            Some(v) if *v.get_ref() == 0 => Err(self.err(v.span(), "must be at least 1 (milliseconds)")),
+            Some(v) => Ok(Duration::from_millis(*v.get_ref())),
+        }
+    }
+
+    fn socket_addr(&self, value: &Spanned<Text>) -> Result<SocketAddr> {
+        value.get_ref().0.parse().map_err(|_| {
+            self.err(
+                value.span(),
+                format!("`{}` is not a socket address: expected IP:PORT, e.g. 127.0.0.1:8080", value.get_ref().0),
+            )
+        })
+    }
+
+    fn admin(&self, raw: RawAdmin) -> Result<AdminConfig> {
+        let listen = match &raw.listen {
+            Some(addr) => self.socket_addr(addr)?,
+            None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+        };
+        Ok(AdminConfig { listen, token: raw.token.map(|t| t.0) })
+    }
+
+    fn listener(&self, raw: Spanned<RawListener>) -> Result<(Spanned<Text>, ListenerConfig)> {
+        let raw = raw.into_inner();
+        let protocol = match raw.protocol.get_ref() {
+            ListenerProtocolKey::Http => ListenerProtocol::Http,
+            other => {
+                let name = match other {
+                    ListenerProtocolKey::Https => "https",
+                    ListenerProtocolKey::Forward => "forward",
+                    _ => "tcp",
+                };
+                return Err(self.err(
+                    raw.protocol.span(),
+                    format!("protocol `{name}` is not available in this version of sluice yet; use \"http\""),
+                ));
+            }
+        };
+        let mode_keys = [
+            ("tls", raw.tls.as_ref().map(Spanned::span)),
+            ("upstream", raw.upstream.as_ref().map(Spanned::span)),
+            ("plugins", raw.plugins.as_ref().map(Spanned::span)),
+            ("connect_ports", raw.connect_ports.as_ref().map(Spanned::span)),
+            ("allow", raw.allow.as_ref().map(Spanned::span)),
+            ("anonymous", raw.anonymous.as_ref().map(Spanned::span)),
+        ];
+        if let Some((key, Some(span))) = mode_keys.into_iter().find(|(_, span)| span.is_some()) {
+            return Err(self.err(span, format!("`{key}` does not apply to an http listener; remove it")));
+        }
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|c| c.get_ref().0.parse::<Cidr>().map_err(|e| self.err(c.span(), e)))
+            .collect::<Result<_>>()?;
+        let listener = ListenerConfig {
+            name: raw.name.get_ref().0.clone(),
+            listen: self.socket_addr(&raw.listen)?,
+            protocol,
+            trusted_proxies,
+        };
+        Ok((raw.name, listener))
+    }
+
+    fn upstream(&self, raw: Spanned<RawUpstream>) -> Result<(Spanned<Text>, UpstreamConfig)> {
+        let raw = raw.into_inner();
+        for (key, value) in [("health", &raw.health), ("tls", &raw.tls)] {
+            if let Some(value) = value {
+                return Err(self.err(
+                    value.span(),
+                    format!("upstream `{key}` is not available in this version of sluice yet; remove it"),
+                ));
+            }
+        }
+        if raw.backends.get_ref().is_empty() {
+            return Err(self.err(raw.backends.span(), "an upstream needs at least one backend"));
+        }
+        let backends = raw.backends.get_ref().iter().map(|b| self.backend(b)).collect::<Result<Vec<_>>>()?;
+        let policy = match raw.balance.as_ref().map(|b| (b.get_ref(), b.span())) {
+            None | Some((RawBalance::Policy(BalanceKey::RoundRobin), _)) => BalancePolicy::RoundRobin,
+            Some((RawBalance::Policy(BalanceKey::LeastConn), _)) => BalancePolicy::LeastConn,
+            Some((RawBalance::Policy(BalanceKey::Random), _)) => BalancePolicy::Random,
+            Some((RawBalance::Policy(BalanceKey::ConsistentHash), _)) => {
+                BalancePolicy::ConsistentHash(self.hash_key(raw.hash_key.as_ref())?)
+            }
+            Some((RawBalance::Plugin { plugin }, span)) => {
+                return Err(self.err(
+                    span,
+                    format!(
+                        "balancing by plugin `{}` needs the plugin runtime, which this version of sluice does not have yet",
+                        plugin.0
+                    ),
+                ));
+            }
+        };
+        if let (Some(key), false) = (&raw.hash_key, matches!(policy, BalancePolicy::ConsistentHash(_))) {
+            return Err(self.err(key.span(), "`hash_key` only applies with balance = \"consistent_hash\""));
+        }
+        let upstream = UpstreamConfig {
+            name: raw.name.get_ref().0.clone(),
+            backends,
+            balance: policy,
+            protocol: match raw.protocol {
+                Some(UpstreamProtocolKey::Http2) => UpstreamProtocol::Http2,
+                Some(UpstreamProtocolKey::Http1) | None => UpstreamProtocol::Http1,
+            },
+            resolve_interval: self.duration(raw.resolve_interval_ms, 30_000)?,
+        };
+        Ok((raw.name, upstream))
+    }
+
+    fn hash_key(&self, raw: Option<&Spanned<Text>>) -> Result<HashKey> {
+        let Some(raw) = raw else { return Ok(HashKey::ClientIp) };
+        let value = raw.get_ref().0.as_str();
+        if value == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        value
+            .strip_prefix("header:")
+            .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .map(HashKey::Header)
+            .ok_or_else(|| {
+                self.err(raw.span(), format!("hash_key `{value}` is invalid: expected \"client_ip\" or \"header:NAME\""))
+            })
+    }
+
+    fn backend(&self, raw: &Spanned<RawBackend>) -> Result<BackendConfig> {
+        let (address, weight, zone) = match raw.get_ref() {
+            RawBackend::Address(a) => (&a.0, 1, None),
+            RawBackend::Table(t) => (&t.address.0, t.weight.unwrap_or(1), t.zone.as_ref().map(|z| z.0.clone())),
+        };
+        if weight == 0 {
+            return Err(self.err(raw.span(), "a backend's weight must be at least 1"));
+        }
+        let (host, port) = split_host_port(address).ok_or_else(|| {
+            self.err(
+                raw.span(),
+                format!("backend `{address}` is not HOST:PORT, e.g. \"127.0.0.1:9001\" or \"api.internal:80\""),
+            )
+        })?;
+        Ok(BackendConfig { address: address.clone(), host: host.to_string(), port, weight, zone })
+    }
+
+    fn plugin(&self, raw: Spanned<RawPlugin>) -> Result<(Spanned<Text>, PluginConfig)> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let memory_mb = match raw.memory_mb {
+            Some(m) if *m.get_ref() == 0 => return Err(self.err(m.span(), "memory_mb must be at least 1")),
+            Some(m) => *m.get_ref(),
+            None => 16,
+        };
+        let config = match raw.config {
+            Some(table) => serde_json::to_value(table.get_ref())
+                .map_err(|e| self.err(table.span(), format!("plugin config cannot be handed over as JSON: {e}")))?,
+            None => serde_json::Value::Object(Default::default()),
+        };
+        let plugin = PluginConfig {
+            name: raw.name.get_ref().0.clone(),
+            path: self.relative_path(&raw.path.get_ref().0),
+            on_error: match raw.on_error {
+                Some(OnErrorKey::Allow) => OnError::Allow,
+                Some(OnErrorKey::Deny) | None => OnError::Deny,
+            },
+            timeout: self.duration(raw.timeout_ms, 20)?,
+            memory_mb,
+            isolation: match raw.isolation {
+                Some(IsolationKey::Fresh) => Isolation::Fresh,
+                Some(IsolationKey::Pooled) | None => Isolation::Pooled,
+            },
+            config,
+        };
+        // The runtime that runs plugins lands in the next version; refusing beats ignoring them.
+        Err(self.err(
+            span,
+            format!(
+                "plugin `{}`: the Wasm plugin runtime is not part of this version of sluice yet; remove the [[plugin]]",
+                plugin.name
+            ),
+        ))
+    }
+
+    fn relative_path(&self, path: &str) -> std::path::PathBuf {
+        self.file.parent().unwrap_or(Path::new(".")).join(path)
+    }
+
+    fn route(
+        &self,
+        raw: Spanned<RawRoute>,
+        listeners: &HashMap<&str, usize>,
+        upstreams: &HashMap<&str, usize>,
+        plugins: &HashMap<&str, usize>,
+    ) -> Result<(Spanned<Text>, RouteConfig)> {
+        let raw = raw.into_inner();
+        if let Some(listener) = &raw.listener {
+            self.reference("listener", listener, listeners)?;
+        }
+        let host = raw.host.as_ref().map(|h| self.host(h)).transpose()?;
+        let methods = raw
+            .methods
+            .as_ref()
+            .map(|methods| {
+                methods
+                    .iter()
+                    .map(|m| {
+                        Method::from_bytes(m.get_ref().0.to_ascii_uppercase().as_bytes())
+                            .map_err(|_| self.err(m.span(), format!("`{}` is not an HTTP method", m.get_ref().0)))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        let path_prefix = match &raw.path_prefix {
+            None => "/".to_string(),
+            Some(p) if !p.get_ref().0.starts_with('/') => {
+                return Err(self.err(p.span(), "path_prefix must start with `/`, e.g. \"/api\""));
+            }
+            Some(p) => {
+                let trimmed = p.get_ref().0.trim_end_matches('/');
+                if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() }
+            }
+        };
+        let route = RouteConfig {
+            name: raw.name.get_ref().0.clone(),
+            listener: raw.listener.as_ref().map(|l| l.get_ref().0.clone()),
+            host,
+            methods,
+            path_prefix,
+            upstream: self.reference("upstream", &raw.upstream, upstreams)?,
+            plugins: raw.plugins.iter().map(|p| self.reference("plugin", p, plugins)).collect::<Result<_>>()?,
+            strip_prefix: raw.strip_prefix.unwrap_or(false),
+            timeout: self.duration(raw.timeout_ms, 30_000)?,
+            connect_timeout: self.duration(raw.connect_timeout_ms, 2_000)?,
+            idle_timeout: self.duration(raw.idle_timeout_ms, 60_000)?,
+        };
+        Ok((raw.name, route))
+    }
+
+    fn host(&self, raw: &Spanned<Text>) -> Result<HostMatch> {
+        let host = raw.get_ref().0.trim_end_matches('.').to_ascii_lowercase();
+        let (pattern, name) = match host.strip_prefix("*.") {
+            Some(rest) => (HostMatch::Wildcard(format!(".{rest}")), rest),
+            None => (HostMatch::Exact(host.clone()), host.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if valid {
+            Ok(pattern)
+        } else {
+            Err(self.err(
+                raw.span(),
+                format!("host `{}` is not a host name: expected e.g. \"api.example.com\" or \"*.example.com\" (no port)", raw.get_ref().0),
+            ))
+        }
+    }
+}
+
+/// `host:port` or `[v6]:port`, with a port that parses.
+fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    (!host.is_empty()).then_some(())?;
+    Some((host, port.parse().ok()?))
+}

@@ -1,0 +1,205 @@
+//! The forwarding rules: what a request and a response look like on the other side of the gateway.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1, and any header the `Connection` header names) describe one
+//! connection and are dropped at each hop; the gateway tells the backend who the client was
+//! (`X-Forwarded-*`) and gives every request an `x-request-id` so one request can be followed
+//! through every log. The client address is the TCP peer unless that peer is a trusted proxy,
+//! in which case it comes from `X-Forwarded-For`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::net::Cidr;
+
+/// The request id header, added when the client sent none.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers removed in both directions (besides those named in `Connection`).
+fn hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+/// Whether the request asks to switch protocols (a WebSocket handshake, say).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes hop-by-hop headers; an upgrade keeps its `Upgrade` header and `Connection: upgrade`.
+/// `TE: trailers` survives, since gRPC backends require it.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderValue> = match headers.entry(header::CONNECTION) {
+        header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
+        header::Entry::Vacant(_) => Vec::new(),
+    };
+    for connection in named {
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !(upgrade && name.eq_ignore_ascii_case("upgrade")) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    let te_trailers = headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade_to = if upgrade { headers.remove(header::UPGRADE) } else { None };
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = upgrade_to {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address of
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(value) = value.to_str() else { return client };
+        for hop in value.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) if is_trusted(ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+/// What the backend is told about the client.
+pub struct Forwarded<'a> {
+    /// The TCP peer (appended to `X-Forwarded-For`).
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy whose `X-Forwarded-Proto` and `-Host` stand.
+    pub peer_trusted: bool,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The Host the client asked for.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Applies the forwarding rules to a request's headers on its way to a backend.
+pub fn prepare_request(headers: &mut HeaderMap, upgrade: bool, forwarded: &Forwarded<'_>) {
+    remove_hop_by_hop(headers, upgrade);
+    let peer = forwarded.peer.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => HeaderValue::try_from(format!("{previous}, {peer}")),
+        None => HeaderValue::try_from(peer),
+    };
+    if let Ok(xff) = xff {
+        headers.insert(&X_FORWARDED_FOR, xff);
+    }
+    if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.scheme));
+    }
+    if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        if let Some(host) = forwarded.host {
+            headers.insert(&X_FORWARDED_HOST, host.clone());
+        }
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(&X_REQUEST_ID, new_request_id());
+    }
+}
+
+/// 32 random hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let random = fastrand::u128(..);
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = HEX[((random >> (i * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn drops_hop_by_hop_headers_and_those_named_in_connection() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn keeps_upgrade_and_te_trailers() {
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("te", "trailers")]);
+        assert!(is_upgrade_request(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn client_ip_trusts_only_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, 203.0.113.5, 10.0.0.9")]);
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.5".parse::<IpAddr>().unwrap());
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+    }
+
+    #[test]
+    fn request_gets_forwarding_headers() {
+        let mut h = headers(&[("x-forwarded-for", "192.0.2.9"), ("x-forwarded-proto", "https")]);
+        let host = HeaderValue::from_static("api.example.com");
+        let forwarded =
+            Forwarded { peer: "127.0.0.1".parse().unwrap(), peer_trusted: false, scheme: "http", host: Some(&host) };
+        prepare_request(&mut h, false, &forwarded);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["x-request-id"].len(), 32);
+    }
+}

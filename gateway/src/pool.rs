@@ -1,0 +1,188 @@
+//! Upstream connections, pooled per worker thread.
+//!
+//! Each worker owns its pool, so checking a connection out or in is a `RefCell` borrow and a `Vec`
+//! push or pop: no lock, no channel, no cross-core traffic. HTTP/1.1 connections serve one request
+//! at a time and return to the pool when their response body has been read to the end (see
+//! [`Checkin`]); HTTP/2 upstreams get one multiplexed connection per backend and worker. A pooled
+//! HTTP/1.1 connection the backend closed meanwhile is detected on checkout, or by hyper handing
+//! the unsent request back, and the request goes out on a fresh connection.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+use crate::body::RequestBody;
+use crate::config::UpstreamProtocol;
+use crate::error::{ProxyError, TimeoutPhase};
+use crate::local::LocalExec;
+use crate::upstream::BackendKey;
+
+/// How many idle HTTP/1.1 connections a worker keeps per backend.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+/// How long an idle HTTP/1.1 connection is kept before it is closed.
+const IDLE_TTL: Duration = Duration::from_secs(60);
+
+/// Where a request goes.
+pub struct Target<'a> {
+    /// The backend's identity in the pool.
+    pub key: BackendKey,
+    /// The backend's address as configured, for errors and logs.
+    pub name: &'a str,
+    /// Its current addresses, tried in order.
+    pub addrs: &'a [SocketAddr],
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: UpstreamProtocol,
+    /// The route's `connect_timeout_ms`.
+    pub connect_timeout: Duration,
+}
+
+/// A worker's upstream connections.
+#[derive(Default)]
+pub struct Pool {
+    idle: RefCell<HashMap<BackendKey, Vec<(http1::SendRequest<RequestBody>, Instant)>>>,
+    multiplexed: RefCell<HashMap<BackendKey, http2::SendRequest<RequestBody>>>,
+}
+
+/// Gives an HTTP/1.1 connection back to its pool once the response it carried is complete.
+pub struct Checkin {
+    pool: Weak<Pool>,
+    key: BackendKey,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl Checkin {
+    /// Returns the connection for reuse (dropping it instead closes it).
+    pub fn release(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut idle = pool.idle.borrow_mut();
+            let list = idle.entry(self.key).or_default();
+            if list.len() < MAX_IDLE_PER_BACKEND && !self.sender.is_closed() {
+                list.push((self.sender, Instant::now()));
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// Sends `request` to the target; for HTTP/1.1 also returns the [`Checkin`] that gives the
+    /// connection back once the response body is complete.
+    pub async fn send(
+        self: &Rc<Self>,
+        target: &Target<'_>,
+        request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
+        match target.protocol {
+            UpstreamProtocol::Http1 => self.send_http1(target, request).await,
+            UpstreamProtocol::Http2 => self.send_http2(target, request).await.map(|r| (r, None)),
+        }
+    }
+
+    async fn send_http1(
+        self: &Rc<Self>,
+        target: &Target<'_>,
+        mut request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
+        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
+        while let Some(mut sender) = self.take_idle(target.key) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Some(self.checkin(target.key, sender)))),
+                Err(mut e) => match e.take_message() {
+                    // The connection died before the request was written: try another.
+                    Some(unsent) => request = unsent,
+                    None => return Err(upstream_error(e.into_error())),
+                },
+            }
+        }
+        let stream = connect(target).await?;
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(upstream_error)?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        let response = sender.send_request(request).await.map_err(upstream_error)?;
+        Ok((response, Some(self.checkin(target.key, sender))))
+    }
+
+    async fn send_http2(
+        self: &Rc<Self>,
+        target: &Target<'_>,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
+        let existing = self.multiplexed.borrow().get(&target.key).filter(|s| !s.is_closed()).cloned();
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => {
+                let stream = connect(target).await?;
+                let (sender, connection) = http2::Builder::new(LocalExec)
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(upstream_error)?;
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                    }
+                });
+                self.multiplexed.borrow_mut().insert(target.key, sender.clone());
+                sender
+            }
+        };
+        sender.ready().await.map_err(upstream_error)?;
+        sender.send_request(request).await.map_err(upstream_error)
+    }
+
+    /// The most recently used idle connection that is still open and fresh.
+    fn take_idle(&self, key: BackendKey) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&key)?;
+        while let Some((sender, since)) = list.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TTL {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(self: &Rc<Self>, key: BackendKey, sender: http1::SendRequest<RequestBody>) -> Checkin {
+        Checkin { pool: Rc::downgrade(self), key, sender }
+    }
+}
+
+/// Connects to the first of the target's addresses that accepts, within the connect timeout.
+async fn connect(target: &Target<'_>) -> Result<TcpStream, ProxyError> {
+    let attempt = async {
+        let mut last_error = None;
+        for addr in target.addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.map_or_else(|| "the name resolved to no address".to_string(), |e| e.to_string()))
+    };
+    let stream = match timeout(target.connect_timeout, attempt).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(cause)) => return Err(ProxyError::Connect { backend: target.name.to_string(), cause }),
+        Err(_) => return Err(ProxyError::Timeout { backend: target.name.to_string(), phase: TimeoutPhase::Connect }),
+    };
+    // Small requests and responses must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

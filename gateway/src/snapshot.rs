@@ -1,0 +1,47 @@
+//! Everything built from one config file, immutable once built.
+//!
+//! A request takes the current snapshot when it starts and keeps it to its end, so a reload that
+//! swaps in a new snapshot never changes the rules under a request in flight.
+
+use crate::config::{Config, ListenerConfig, RouteConfig};
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+/// The gateway's state for one version of the config.
+pub struct Snapshot {
+    /// Counts successful loads, starting at 1.
+    pub generation: u64,
+    /// The config this snapshot was built from.
+    pub config: Config,
+    /// Finds the route of a request.
+    pub router: Router,
+    /// Parallel to `config.upstreams`.
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Snapshot {
+    /// Builds the run-time state of `config` (resolving backend names, building balancers).
+    pub fn build(config: Config, generation: u64) -> Snapshot {
+        let router = Router::new(&config.routes);
+        let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect();
+        Snapshot { generation, config, router, upstreams }
+    }
+
+    /// Starts the background work the snapshot needs (DNS re-resolution) on the current runtime;
+    /// it stops by itself once the snapshot is dropped.
+    pub fn spawn_background(&self) {
+        for upstream in &self.upstreams {
+            upstream.spawn_resolver();
+        }
+    }
+
+    /// The route at `index`, as returned by the router.
+    pub fn route(&self, index: usize) -> &RouteConfig {
+        &self.config.routes[index]
+    }
+
+    /// The listener named `name`, if this snapshot still has it.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.config.listeners.iter().find(|l| l.name == name)
+    }
+}

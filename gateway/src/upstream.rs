@@ -1,0 +1,133 @@
+//! Upstreams at run time: backends with their current addresses, and the balancer that picks one.
+//!
+//! Backends may be named by DNS name. Names are resolved when the snapshot is built and again every
+//! `resolve_interval_ms` by a background task, which swaps the new addresses in atomically; requests
+//! read them without locking. Each backend has a [`BackendKey`] that stays the same across reloads,
+//! so pooled connections survive a reload.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+
+use crate::balance::Balancer;
+use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol};
+
+/// A backend's identity in the connection pools: the same address and protocol get the same key
+/// in every snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendKey(u32);
+
+impl BackendKey {
+    fn of(address: &str, protocol: UpstreamProtocol) -> BackendKey {
+        static KEYS: LazyLock<Mutex<HashMap<(String, UpstreamProtocol), u32>>> = LazyLock::new(Default::default);
+        let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        let next = keys.len() as u32;
+        BackendKey(*keys.entry((address.to_string(), protocol)).or_insert(next))
+    }
+}
+
+/// One backend of an upstream.
+pub struct Backend {
+    /// As configured.
+    pub config: BackendConfig,
+    /// Its identity in the connection pools.
+    pub key: BackendKey,
+    /// The addresses its name resolves to now.
+    addrs: Arc<ArcSwap<Vec<SocketAddr>>>,
+    healthy: AtomicBool,
+}
+
+impl Backend {
+    /// The addresses to connect to, in the order to try them.
+    pub fn addrs(&self) -> arc_swap::Guard<Arc<Vec<SocketAddr>>> {
+        self.addrs.load()
+    }
+
+    /// Whether the balancer may pick this backend.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// A named pool of backends and its balancer.
+pub struct Upstream {
+    /// As configured.
+    pub config: UpstreamConfig,
+    /// Parallel to `config.backends`.
+    pub backends: Vec<Backend>,
+    /// Picks among `backends`.
+    pub balancer: Balancer,
+}
+
+impl Upstream {
+    /// Builds the upstream, resolving backend names now (a name that does not resolve yet is logged
+    /// and retried by [`Upstream::spawn_resolver`]).
+    pub fn new(config: UpstreamConfig) -> Upstream {
+        let backends: Vec<Backend> = config
+            .backends
+            .iter()
+            .map(|b| Backend {
+                key: BackendKey::of(&b.address, config.protocol),
+                addrs: Arc::new(ArcSwap::from_pointee(resolve_now(&config.name, b))),
+                healthy: AtomicBool::new(true),
+                config: b.clone(),
+            })
+            .collect();
+        let weights: Vec<u32> = backends.iter().map(|b| b.config.weight).collect();
+        let keys: Vec<&str> = backends.iter().map(|b| b.config.address.as_str()).collect();
+        let balancer = Balancer::new(&config.balance, &weights, &keys);
+        Upstream { config, backends, balancer }
+    }
+
+    /// Re-resolves the backends named by DNS every `resolve_interval_ms`, on the current runtime,
+    /// until the upstream is dropped (when a reload replaced it).
+    pub fn spawn_resolver(&self) {
+        let named: Vec<(BackendConfig, Weak<ArcSwap<Vec<SocketAddr>>>)> = self
+            .backends
+            .iter()
+            .filter(|b| b.config.host.parse::<std::net::IpAddr>().is_err())
+            .map(|b| (b.config.clone(), Arc::downgrade(&b.addrs)))
+            .collect();
+        if named.is_empty() {
+            return;
+        }
+        let (upstream, interval) = (self.config.name.clone(), self.config.resolve_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                for (backend, addrs) in &named {
+                    let Some(addrs) = addrs.upgrade() else { return };
+                    match tokio::net::lookup_host((backend.host.as_str(), backend.port)).await {
+                        Ok(found) => {
+                            let found: Vec<SocketAddr> = found.collect();
+                            if **addrs.load() != found {
+                                tracing::info!(upstream, backend = backend.address, addrs = ?found, "backend resolves to new addresses");
+                                addrs.store(Arc::new(found));
+                            }
+                        }
+                        Err(e) => tracing::warn!(upstream, backend = backend.address, error = %e,
+                            "cannot resolve backend; keeping its previous addresses"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The backend's addresses now: parsed when it is an IP address, resolved when it is a name.
+fn resolve_now(upstream: &str, backend: &BackendConfig) -> Vec<SocketAddr> {
+    if let Ok(ip) = backend.host.parse() {
+        return vec![SocketAddr::new(ip, backend.port)];
+    }
+    match (backend.host.as_str(), backend.port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            tracing::warn!(upstream, backend = backend.address, error = %e,
+                "cannot resolve backend yet; requests to it fail until it resolves");
+            Vec::new()
+        }
+    }
+}

@@ -23,9 +23,15 @@ pub enum ProxyError {
     /// No connection could be made to the backend (502).
     Connect { backend: String, cause: String },
     /// The backend closed or reset the connection, or answered with garbage (502).
-    Upstream { backend: String, cause: hyper::Error },
+    Upstream {
+        backend: String,
+        cause: hyper::Error,
+    },
     /// The backend did not answer in time (504).
-    Timeout { backend: String, phase: TimeoutPhase },
+    Timeout {
+        backend: String,
+        phase: TimeoutPhase,
+    },
 }
 
 /// Which wait ran out.
@@ -65,15 +71,22 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => Source::Downstream,
             ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } => Source::Gateway,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => {
-                Source::Upstream
-            }
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Timeout { .. } => Source::Upstream,
         }
     }
 
     /// Whether the request certainly never reached a backend, so another backend may be tried.
     pub fn nothing_sent(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. } | ProxyError::Timeout { phase: TimeoutPhase::Connect, .. })
+        matches!(
+            self,
+            ProxyError::Connect { .. }
+                | ProxyError::Timeout {
+                    phase: TimeoutPhase::Connect,
+                    ..
+                }
+        )
     }
 
     /// What the client is told: no addresses, no internals.
@@ -83,9 +96,17 @@ impl ProxyError {
             ProxyError::BadRequest(why) => why,
             ProxyError::NoHealthyBackend { .. } => "no healthy backend is available",
             ProxyError::Connect { .. } => "the backend could not be reached",
-            ProxyError::Upstream { .. } => "the backend closed the connection or answered invalidly",
-            ProxyError::Timeout { phase: TimeoutPhase::Connect, .. } => "the backend did not accept a connection in time",
-            ProxyError::Timeout { phase: TimeoutPhase::ResponseHeaders, .. } => "the backend did not answer in time",
+            ProxyError::Upstream { .. } => {
+                "the backend closed the connection or answered invalidly"
+            }
+            ProxyError::Timeout {
+                phase: TimeoutPhase::Connect,
+                ..
+            } => "the backend did not accept a connection in time",
+            ProxyError::Timeout {
+                phase: TimeoutPhase::ResponseHeaders,
+                ..
+            } => "the backend did not answer in time",
         }
     }
 
@@ -100,7 +121,10 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<ResponseBody> {
     let body = format!("{{\"error\":\"{message}\"}}");
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -109,14 +133,27 @@ impl fmt::Display for ProxyError {
         match self {
             ProxyError::NoRoute => write!(f, "no route matches"),
             ProxyError::BadRequest(why) => write!(f, "bad request: {why}"),
-            ProxyError::NoHealthyBackend { upstream } => write!(f, "upstream `{upstream}`: no healthy backend"),
-            ProxyError::Connect { backend, cause } => write!(f, "backend {backend}: connect failed: {cause}"),
+            ProxyError::NoHealthyBackend { upstream } => {
+                write!(f, "upstream `{upstream}`: no healthy backend")
+            }
+            ProxyError::Connect { backend, cause } => {
+                write!(f, "backend {backend}: connect failed: {cause}")
+            }
             ProxyError::Upstream { backend, cause } => write!(f, "backend {backend}: {cause}"),
-            ProxyError::Timeout { backend, phase: TimeoutPhase::Connect } => {
+            ProxyError::Timeout {
+                backend,
+                phase: TimeoutPhase::Connect,
+            } => {
                 write!(f, "backend {backend}: connect timed out")
             }
-            ProxyError::Timeout { backend, phase: TimeoutPhase::ResponseHeaders } => {
-                write!(f, "backend {backend}: no response headers within the route's timeout_ms")
+            ProxyError::Timeout {
+                backend,
+                phase: TimeoutPhase::ResponseHeaders,
+            } => {
+                write!(
+                    f,
+                    "backend {backend}: no response headers within the route's timeout_ms"
+                )
             }
         }
     }

@@ -45,10 +45,13 @@ pub struct Target<'a> {
     pub connect_timeout: Duration,
 }
 
+/// An idle HTTP/1.1 connection and when it went idle.
+type Idle = (http1::SendRequest<RequestBody>, Instant);
+
 /// A worker's upstream connections.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<BackendKey, Vec<(http1::SendRequest<RequestBody>, Instant)>>>,
+    idle: RefCell<HashMap<BackendKey, Vec<Idle>>>,
     multiplexed: RefCell<HashMap<BackendKey, http2::SendRequest<RequestBody>>>,
 }
 
@@ -91,7 +94,10 @@ impl Pool {
         target: &Target<'_>,
         mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
-        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
+        let upstream_error = |cause| ProxyError::Upstream {
+            backend: target.name.to_string(),
+            cause,
+        };
         while let Some(mut sender) = self.take_idle(target.key) {
             if sender.ready().await.is_err() {
                 continue;
@@ -124,8 +130,16 @@ impl Pool {
         target: &Target<'_>,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
-        let existing = self.multiplexed.borrow().get(&target.key).filter(|s| !s.is_closed()).cloned();
+        let upstream_error = |cause| ProxyError::Upstream {
+            backend: target.name.to_string(),
+            cause,
+        };
+        let existing = self
+            .multiplexed
+            .borrow()
+            .get(&target.key)
+            .filter(|s| !s.is_closed())
+            .cloned();
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
@@ -140,7 +154,9 @@ impl Pool {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                     }
                 });
-                self.multiplexed.borrow_mut().insert(target.key, sender.clone());
+                self.multiplexed
+                    .borrow_mut()
+                    .insert(target.key, sender.clone());
                 sender
             }
         };
@@ -160,8 +176,16 @@ impl Pool {
         None
     }
 
-    fn checkin(self: &Rc<Self>, key: BackendKey, sender: http1::SendRequest<RequestBody>) -> Checkin {
-        Checkin { pool: Rc::downgrade(self), key, sender }
+    fn checkin(
+        self: &Rc<Self>,
+        key: BackendKey,
+        sender: http1::SendRequest<RequestBody>,
+    ) -> Checkin {
+        Checkin {
+            pool: Rc::downgrade(self),
+            key,
+            sender,
+        }
     }
 }
 
@@ -175,12 +199,25 @@ async fn connect(target: &Target<'_>) -> Result<TcpStream, ProxyError> {
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.map_or_else(|| "the name resolved to no address".to_string(), |e| e.to_string()))
+        Err(last_error.map_or_else(
+            || "the name resolved to no address".to_string(),
+            |e| e.to_string(),
+        ))
     };
     let stream = match timeout(target.connect_timeout, attempt).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(cause)) => return Err(ProxyError::Connect { backend: target.name.to_string(), cause }),
-        Err(_) => return Err(ProxyError::Timeout { backend: target.name.to_string(), phase: TimeoutPhase::Connect }),
+        Ok(Err(cause)) => {
+            return Err(ProxyError::Connect {
+                backend: target.name.to_string(),
+                cause,
+            });
+        }
+        Err(_) => {
+            return Err(ProxyError::Timeout {
+                backend: target.name.to_string(),
+                phase: TimeoutPhase::Connect,
+            });
+        }
     };
     // Small requests and responses must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);

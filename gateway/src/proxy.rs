@@ -102,22 +102,40 @@ async fn proxy<'s>(
     let normalized = path::normalize(request.uri().path());
     let route_index = snapshot
         .router
-        .route(&downstream.listener, host.as_ref().and_then(|h| h.to_str().ok()), request.method(), &normalized)
+        .route(
+            &downstream.listener,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            request.method(),
+            &normalized,
+        )
         .ok_or(ProxyError::NoRoute)?;
     let route = snapshot.route(route_index);
     trace.route = Some(&route.name);
     let upstream = &snapshot.upstreams[route.upstream];
 
     // Phase: forwarding rules.
-    let trusted = snapshot.listener(&downstream.listener).map_or(&[][..], |l| &l.trusted_proxies[..]);
+    let trusted = snapshot
+        .listener(&downstream.listener)
+        .map_or(&[][..], |l| &l.trusted_proxies[..]);
     let peer_trusted = trusted.iter().any(|net| net.contains(downstream.peer.ip()));
     let client_ip = forward::client_ip(downstream.peer.ip(), request.headers(), trusted);
     let upgrade = forward::is_upgrade_request(request.headers());
     let client_version = request.version();
-    let new_uri = upstream_uri(&request, &normalized, route, upstream.config.protocol, host.as_ref())?;
+    let new_uri = upstream_uri(
+        &request,
+        &normalized,
+        route,
+        upstream.config.protocol,
+        host.as_ref(),
+    )?;
     drop(normalized);
     *request.uri_mut() = new_uri;
-    let forwarded = Forwarded { peer: downstream.peer.ip(), peer_trusted, scheme: "http", host: host.as_ref() };
+    let forwarded = Forwarded {
+        peer: downstream.peer.ip(),
+        peer_trusted,
+        scheme: "http",
+        host: host.as_ref(),
+    };
     forward::prepare_request(request.headers_mut(), upgrade, &forwarded);
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {
@@ -139,9 +157,12 @@ async fn proxy<'s>(
             std::net::IpAddr::V4(ip) => balance::hash_key(&ip.octets()),
             std::net::IpAddr::V6(ip) => balance::hash_key(&ip.octets()),
         },
-        BalancePolicy::ConsistentHash(HashKey::Header(name)) => {
-            balance::hash_key(request.headers().get(name).map_or(&b""[..], HeaderValue::as_bytes))
-        }
+        BalancePolicy::ConsistentHash(HashKey::Header(name)) => balance::hash_key(
+            request
+                .headers()
+                .get(name)
+                .map_or(&b""[..], HeaderValue::as_bytes),
+        ),
         _ => 0,
     };
     let lease = pick_backend(upstream, hash)?;
@@ -159,32 +180,38 @@ async fn proxy<'s>(
     };
     let (parts, body) = request.into_parts();
     let request = Request::from_parts(parts, RequestBody::new(body, route.idle_timeout));
-    let (mut response, checkin) = tokio::time::timeout(route.timeout, worker.pool.send(&target, request))
-        .await
-        .map_err(|_| ProxyError::Timeout {
-            backend: backend.config.address.clone(),
-            phase: TimeoutPhase::ResponseHeaders,
-        })??;
+    let (mut response, checkin) =
+        tokio::time::timeout(route.timeout, worker.pool.send(&target, request))
+            .await
+            .map_err(|_| ProxyError::Timeout {
+                backend: backend.config.address.clone(),
+                phase: TimeoutPhase::ResponseHeaders,
+            })??;
 
     // Phase: answer.
     *response.version_mut() = client_version;
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let backend_upgrade = hyper::upgrade::on(&mut response);
-            tokio::task::spawn_local(tunnel(client_upgrade, backend_upgrade, lease));
-            forward::remove_hop_by_hop(response.headers_mut(), true);
-            return Ok(response.map(|_| ResponseBody::empty()));
-        }
+    if let Some(client_upgrade) = client_upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        tokio::task::spawn_local(tunnel(client_upgrade, backend_upgrade, lease));
+        forward::remove_hop_by_hop(response.headers_mut(), true);
+        return Ok(response.map(|_| ResponseBody::empty()));
     }
     forward::remove_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, lease))))
+    Ok(response.map(|body| {
+        ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, lease))
+    }))
 }
 
 /// The host the client asked for: the Host header, or the authority of an HTTP/2 request.
 fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     match request.headers().get(header::HOST) {
         Some(host) => Some(host.clone()),
-        None => request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     }
 }
 
@@ -199,7 +226,11 @@ fn upstream_uri(
     host: Option<&HeaderValue>,
 ) -> Result<Uri, ProxyError> {
     let uri = request.uri();
-    let path = if route.strip_prefix { path::strip_prefix(normalized, &route.path_prefix) } else { normalized };
+    let path = if route.strip_prefix {
+        path::strip_prefix(normalized, &route.path_prefix)
+    } else {
+        normalized
+    };
     let origin_form = uri.scheme().is_none() && uri.authority().is_none();
     if protocol == UpstreamProtocol::Http1 && origin_form && path == uri.path() {
         return Ok(uri.clone());
@@ -218,7 +249,8 @@ fn upstream_uri(
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(authority);
     }
-    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
+    Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
 /// Picks a healthy backend of the upstream.
@@ -226,12 +258,18 @@ fn pick_backend(upstream: &Upstream, hash: u64) -> Result<Lease, ProxyError> {
     upstream
         .balancer
         .pick(&|i| upstream.backends[i].is_healthy(), hash)
-        .ok_or_else(|| ProxyError::NoHealthyBackend { upstream: upstream.config.name.clone() })
+        .ok_or_else(|| ProxyError::NoHealthyBackend {
+            upstream: upstream.config.name.clone(),
+        })
 }
 
 /// Joins the client's and the backend's upgraded connections and copies bytes both ways until
 /// both sides are done; the lease keeps the backend counted as busy meanwhile.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, _lease: Lease) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    _lease: Lease,
+) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {

@@ -67,9 +67,16 @@ async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
             .context("cannot start a worker thread")?;
         threads.push(thread);
     }
-    tracing::info!(workers, version = env!("CARGO_PKG_VERSION"), "sluice started");
+    tracing::info!(
+        workers,
+        version = env!("CARGO_PKG_VERSION"),
+        "sluice started"
+    );
     shutdown_signal().await?;
-    tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "shutting down: draining requests in flight");
+    tracing::info!(
+        drain_timeout_ms = drain_timeout.as_millis() as u64,
+        "shutting down: draining requests in flight"
+    );
     let _ = stop.send(true);
     drop(listeners);
     for thread in threads {
@@ -92,7 +99,10 @@ fn bind(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
             socket.set_nonblocking(true)?;
             let address = socket.local_addr()?;
             tracing::info!(listener = l.name, address = %address, "listening");
-            Ok(BoundListener { name: l.name.clone(), socket })
+            Ok(BoundListener {
+                name: l.name.clone(),
+                socket,
+            })
         })
         .collect()
 }
@@ -122,7 +132,10 @@ fn worker(
     mut stopped: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");
@@ -185,7 +198,10 @@ async fn accept(
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let downstream = Rc::new(Downstream { listener: name.clone(), peer });
+        let downstream = Rc::new(Downstream {
+            listener: name.clone(),
+            peer,
+        });
         connections.open.set(connections.open.get() + 1);
         tokio::task::spawn_local(serve_connection(
             stream,

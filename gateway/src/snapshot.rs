@@ -23,8 +23,18 @@ impl Snapshot {
     /// Builds the run-time state of `config` (resolving backend names, building balancers).
     pub fn build(config: Config, generation: u64) -> Snapshot {
         let router = Router::new(&config.routes);
-        let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect();
-        Snapshot { generation, config, router, upstreams }
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect();
+        Snapshot {
+            generation,
+            config,
+            router,
+            upstreams,
+        }
     }
 
     /// Starts the background work the snapshot needs (DNS re-resolution) on the current runtime;

@@ -1,1 +1,11 @@
+//! End-to-end tests: a real `sluice` process, real backends and real clients on 127.0.0.1.
 
+mod support;
+
+mod config;
+mod drain;
+mod errors;
+mod forwarding;
+mod protocols;
+mod routing;
+mod streaming;

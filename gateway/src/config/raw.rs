@@ -96,7 +96,10 @@ pub struct RawUpstream {
 
 /// `"127.0.0.1:9001"` or `{ address = "...", weight = 2, zone = "eu" }`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a backend: \"host:port\" or { address = \"host:port\", weight = 1, zone = \"eu\" }")]
+#[serde(
+    untagged,
+    expecting = "expected a backend: \"host:port\" or { address = \"host:port\", weight = 1, zone = \"eu\" }"
+)]
 pub enum RawBackend {
     Address(Text),
     Table(RawBackendTable),
@@ -112,7 +115,10 @@ pub struct RawBackendTable {
 
 /// `"round_robin"` or `{ plugin = "NAME" }`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "round_robin | least_conn | random | consistent_hash | { plugin = \"NAME\" }")]
+#[serde(
+    untagged,
+    expecting = "expected round_robin, least_conn, random, consistent_hash or { plugin = \"NAME\" }"
+)]
 pub enum RawBalance {
     Policy(BalanceKey),
     Plugin { plugin: Text },

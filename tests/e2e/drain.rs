@@ -1,0 +1,48 @@
+//! SIGTERM: stop accepting, finish what is in flight, exit 0.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn sigterm_drains_a_request_in_flight_then_exits_zero() {
+    let (arrived, arrived_rx) = tokio::sync::oneshot::channel::<()>();
+    let arrived = std::sync::Mutex::new(Some(arrived));
+    let backend = Backend::start(move |_req| {
+        if let Some(tx) = arrived.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            http::Response::new(full("finished"))
+        }
+    })
+    .await;
+    let config = format!(
+        "{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"slow\"\n",
+        upstream("slow", &[&backend])
+    );
+    let mut gateway = Gateway::start(&config);
+    let addr = gateway.addr();
+    let in_flight = tokio::spawn(async move { get(addr, "x", "/").await });
+    arrived_rx.await.unwrap();
+
+    gateway.signal("TERM");
+    gateway.wait_for_log("shutting down");
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "no new connections once draining");
+
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), reply.body.as_str()),
+        (200, "finished")
+    );
+    assert_eq!(gateway.wait_exit(Duration::from_secs(10)), Some(0));
+}

@@ -54,6 +54,7 @@ pub struct Downstream {
 struct Trace<'s> {
     route: Option<&'s str>,
     backend: Option<&'s str>,
+    client: Option<std::net::IpAddr>,
 }
 
 /// Serves one request; never fails: errors become responses here.
@@ -84,7 +85,7 @@ pub async fn handle(
             backend = trace.backend.unwrap_or("-"),
             status = response.status().as_u16(),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            client = %downstream.peer,
+            client = %trace.client.unwrap_or(downstream.peer.ip()),
         );
     }
     Ok(response)
@@ -119,6 +120,7 @@ async fn proxy<'s>(
         .map_or(&[][..], |l| &l.trusted_proxies[..]);
     let peer_trusted = trusted.iter().any(|net| net.contains(downstream.peer.ip()));
     let client_ip = forward::client_ip(downstream.peer.ip(), request.headers(), trusted);
+    trace.client = Some(client_ip);
     let upgrade = forward::is_upgrade_request(request.headers());
     let client_version = request.version();
     let new_uri = upstream_uri(

@@ -112,3 +112,61 @@ async fn a_malformed_request_gets_400_and_its_connection_closed() {
         "the gateway keeps serving"
     );
 }
+
+/// A body that sends one chunk and then never another.
+struct Stalling(bool);
+
+impl http_body::Body for Stalling {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"partial",
+            )))))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_at_the_idle_timeout() {
+    let backend = Backend::start(|_req| async {
+        http::Response::new(http_body_util::BodyExt::boxed(
+            http_body_util::BodyExt::map_err(Stalling(false), |never| match never {}),
+        ))
+    })
+    .await;
+    let config = format!(
+        "{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"stall\"\nidle_timeout_ms = 300\n",
+        upstream("stall", &[&backend])
+    );
+    let gateway = Gateway::start(&config);
+    let mut client = Client::connect(gateway.addr()).await;
+    let response = client
+        .raw(
+            http::Request::get("/")
+                .header("host", "x")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        http_body_util::BodyExt::collect(response.into_body()),
+    )
+    .await;
+    let read = read.expect("the gateway cuts the stalled body instead of waiting forever");
+    assert!(
+        read.is_err(),
+        "a cut body is an error for the client, never a silently short success"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}

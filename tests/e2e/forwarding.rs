@@ -142,6 +142,11 @@ upstream = "rr"
     sides.sort();
     sides.dedup();
     assert_eq!(sides.len(), 2, "eight clients spread over both backends");
+    let access = gateway.wait_for_log("client=203.0.113.7");
+    assert!(
+        access.contains("route=\"sticky\""),
+        "the access log names the client behind the trusted proxy: {access}"
+    );
 
     let mut order = Vec::new();
     for _ in 0..4 {
@@ -163,4 +168,24 @@ async fn backends_named_by_dns_name_are_resolved() {
     let gateway = Gateway::start(&config);
     let reply = get(gateway.addr(), "x", "/").await;
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "named"));
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_access_fields() {
+    let backend = Backend::named("j").await;
+    let config = format!(
+        "{LISTENER}\n[log]\nformat = \"json\"\n\n{}\n[[route]]\nname = \"r\"\nupstream = \"j\"\n",
+        upstream("j", &[&backend])
+    );
+    let gateway = Gateway::start(&config);
+    get(gateway.addr(), "x", "/json-path").await;
+    let line = gateway.wait_for_log("/json-path");
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(entry["target"], "sluice::access");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/json-path");
+    assert_eq!(entry["route"], "r");
+    assert_eq!(entry["backend"], backend.addr.to_string());
+    assert_eq!(entry["status"], 200);
+    assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0);
 }

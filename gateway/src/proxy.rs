@@ -84,7 +84,7 @@ pub async fn handle(
             route = trace.route.unwrap_or("-"),
             backend = trace.backend.unwrap_or("-"),
             status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_us = started.elapsed().as_micros() as u64,
             client = %trace.client.unwrap_or(downstream.peer.ip()),
         );
     }

@@ -79,7 +79,7 @@ async fn forwards_with_the_forwarding_rules_and_reuses_connections() {
     );
 
     let access = gateway.wait_for_log("path=\"/y\"");
-    for field in ["method=GET", "route=\"all\"", "status=200", "duration_ms="] {
+    for field in ["method=GET", "route=\"all\"", "status=200", "duration_us="] {
         assert!(
             access.contains(field),
             "access line {access:?} lacks {field}"
@@ -187,5 +187,5 @@ async fn json_logs_carry_the_access_fields() {
     assert_eq!(entry["route"], "r");
     assert_eq!(entry["backend"], backend.addr.to_string());
     assert_eq!(entry["status"], 200);
-    assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(entry["duration_us"].as_u64().is_some(), "{entry}");
 }

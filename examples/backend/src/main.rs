@@ -7,12 +7,14 @@
 //! SIGTERM. It depends on nothing but the crates the gateway already uses.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, header};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,18 +23,14 @@ use tokio::signal::unix::{SignalKind, signal};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(name), Some(addr), None) = (args.next(), args.next(), args.next()) else {
-        return Err(
-            "usage: demo-backend NAME ADDR (e.g. demo-backend api-1 127.0.0.1:9001)".into(),
-        );
+        return Err("usage: demo-backend NAME ADDR, e.g. demo-backend api-1 127.0.0.1:9001".into());
     };
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| format!("`{addr}` is not IP:PORT: {e}"))?;
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("`{addr}`: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let mut terminate = signal(SignalKind::terminate())?;
-    eprintln!("demo-backend {name}: listening on {addr}");
+    say(&format!("demo-backend {name}: listening on {addr}"));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
@@ -49,30 +47,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     // Leaving main drops the runtime, which closes the open (idle keep-alive) connections.
-    eprintln!("demo-backend {name}: stopped");
+    say(&format!("demo-backend {name}: stopped"));
     Ok(())
 }
 
-/// Answers 200 with `{"backend", "method", "path", "headers"}`.
-async fn echo(
-    name: String,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+/// What the server answers: never an error.
+type Answer = Result<Response<Full<Bytes>>, Infallible>;
+
+/// Answers 200 with `{"backend", "method", "path", "headers"}`; a repeated header's values are
+/// joined with ", ".
+async fn echo(name: String, request: Request<Incoming>) -> Answer {
     let mut headers = Map::new();
-    for (key, value) in request.headers() {
-        let value = String::from_utf8_lossy(value.as_bytes());
-        // Repeated headers are joined as one comma-separated value.
-        match headers.get_mut(key.as_str()) {
-            Some(Value::String(seen)) => *seen = format!("{seen}, {value}"),
-            _ => drop(headers.insert(key.as_str().to_owned(), value.into())),
-        }
+    for key in request.headers().keys() {
+        let values = request.headers().get_all(key).iter();
+        let values: Vec<_> = values.map(|v| v.to_str().unwrap_or("(binary)")).collect();
+        headers.insert(key.to_string(), Value::from(values.join(", ")));
     }
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let body = json!({ "backend": name, "method": request.method().as_str(), "path": path, "headers": headers });
+    let method = request.method().as_str();
+    let body = json!({ "backend": name, "method": method, "path": path, "headers": headers });
     let mut response = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    let response_headers = response.headers_mut();
+    response_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
+}
+
+/// Writes a line to stderr in one write, so the lines of the demo's processes do not interleave.
+fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }

@@ -66,20 +66,19 @@ impl Balancer {
     pub fn new(policy: &BalancePolicy, weights: &[u32], keys: &[&str]) -> Balancer {
         let weights: Box<[u32]> = weights.iter().map(|&w| w.max(1)).collect();
         let policy = match policy {
-            BalancePolicy::RoundRobin if weights.windows(2).all(|w| w[0] == w[1]) => {
+            // A plugin's `Selection::Default` falls back to round robin.
+            BalancePolicy::RoundRobin | BalancePolicy::Plugin(_) if weights.windows(2).all(|w| w[0] == w[1]) => {
                 Policy::Rotate(AtomicUsize::new(0))
             }
-            BalancePolicy::RoundRobin => Policy::Smooth(Mutex::new(vec![0; weights.len()].into())),
+            BalancePolicy::RoundRobin | BalancePolicy::Plugin(_) => {
+                Policy::Smooth(Mutex::new(vec![0; weights.len()].into()))
+            }
             BalancePolicy::LeastConn => Policy::LeastConn(AtomicUsize::new(0)),
             BalancePolicy::Random => Policy::Random,
             BalancePolicy::ConsistentHash(_) => Policy::Ring(ring(&weights, keys)),
         };
         let in_flight = weights.iter().map(|_| AtomicUsize::new(0)).collect();
-        Balancer {
-            weights,
-            in_flight,
-            policy,
-        }
+        Balancer { weights, in_flight, policy }
     }
 
     /// Picks a backend among those for which `eligible(i)` is true (healthy, and not already tried
@@ -96,10 +95,13 @@ impl Balancer {
             Policy::Ring(ring) => self.hashed(eligible, ring, hash),
         }?;
         self.in_flight[index].fetch_add(1, Relaxed);
-        Some(Lease {
-            in_flight: Arc::clone(&self.in_flight),
-            index,
-        })
+        Some(Lease { in_flight: Arc::clone(&self.in_flight), index })
+    }
+
+    /// Counts a request as in flight on backend `index`, chosen by a plugin.
+    pub fn lease(&self, index: usize) -> Lease {
+        self.in_flight[index].fetch_add(1, Relaxed);
+        Lease { in_flight: Arc::clone(&self.in_flight), index }
     }
 
     /// Requests in flight on backend `i` (0 for an unknown backend).
@@ -120,9 +122,7 @@ impl Balancer {
         let count = self.eligible(eligible).count();
         let k = next.fetch_add(1, Relaxed).checked_rem(count)?;
         // Eligibility may change between the two walks; then any eligible backend will do.
-        self.eligible(eligible)
-            .nth(k)
-            .or_else(|| self.eligible(eligible).next())
+        self.eligible(eligible).nth(k).or_else(|| self.eligible(eligible).next())
     }
 
     fn smooth(&self, eligible: Eligible<'_>, current: &Mutex<Box<[i64]>>) -> Option<usize> {
@@ -156,27 +156,18 @@ impl Balancer {
         }
         // Rotate among the tied, or idle backends would all lose to the first one.
         let k = next.fetch_add(1, Relaxed) % ties;
-        let mut tied = self
-            .eligible(eligible)
-            .filter(|&i| cmp_load(self.load(i), least).is_eq());
+        let mut tied = self.eligible(eligible).filter(|&i| cmp_load(self.load(i), least).is_eq());
         tied.nth(k).or(Some(first))
     }
 
     fn two_choices(&self, eligible: Eligible<'_>) -> Option<usize> {
-        let total = self
-            .eligible(eligible)
-            .map(|i| u64::from(self.weights[i]))
-            .sum();
+        let total = self.eligible(eligible).map(|i| u64::from(self.weights[i])).sum();
         let first = self.draw(eligible, total, None)?;
         let rest = total.saturating_sub(u64::from(self.weights[first]));
         let Some(second) = self.draw(eligible, rest, Some(first)) else {
             return Some(first);
         };
-        Some(if cmp_load(self.load(second), self.load(first)).is_lt() {
-            second
-        } else {
-            first
-        })
+        Some(if cmp_load(self.load(second), self.load(first)).is_lt() { second } else { first })
     }
 
     /// Draws an eligible backend other than `skip` with probability proportional to its weight;
@@ -246,9 +237,7 @@ impl Drop for Lease {
 
 impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lease")
-            .field("index", &self.index)
-            .finish_non_exhaustive()
+        f.debug_struct("Lease").field("index", &self.index).finish_non_exhaustive()
     }
 }
 
@@ -259,9 +248,7 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
 }
 
 fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+    bytes.iter().fold(state, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
 
 fn fmix64(mut h: u64) -> u64 {
@@ -280,10 +267,7 @@ fn cmp_load((a, weight_a): (usize, u32), (b, weight_b): (usize, u32)) -> Orderin
 /// The consistent-hash ring: `VNODES_PER_WEIGHT` points per unit of weight, each hashed from the
 /// backend's key and the point's number, so a backend's points depend on nothing else.
 fn ring(weights: &[u32], keys: &[&str]) -> Box<[(u64, usize)]> {
-    let wanted: u64 = weights
-        .iter()
-        .map(|&w| u64::from(w) * VNODES_PER_WEIGHT)
-        .sum();
+    let wanted: u64 = weights.iter().map(|&w| u64::from(w) * VNODES_PER_WEIGHT).sum();
     let mut ring = Vec::new();
     for (i, (&weight, key)) in weights.iter().zip(keys).enumerate() {
         let mut vnodes = u64::from(weight) * VNODES_PER_WEIGHT;
@@ -305,9 +289,7 @@ mod tests {
     const HASHED: BalancePolicy = BalancePolicy::ConsistentHash(HashKey::ClientIp);
 
     fn balancer(policy: &BalancePolicy, weights: &[u32]) -> Balancer {
-        let keys: Vec<String> = (0..weights.len())
-            .map(|i| format!("10.0.0.{i}:8080"))
-            .collect();
+        let keys: Vec<String> = (0..weights.len()).map(|i| format!("10.0.0.{i}:8080")).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         Balancer::new(policy, weights, &keys)
     }
@@ -318,9 +300,7 @@ mod tests {
 
     /// Backends picked by `picks` picks whose leases are dropped at once.
     fn sequence(b: &Balancer, picks: usize) -> Vec<usize> {
-        (0..picks)
-            .map(|_| b.pick(&all, 0).expect("a backend").index())
-            .collect()
+        (0..picks).map(|_| b.pick(&all, 0).expect("a backend").index()).collect()
     }
 
     /// How often each backend is picked in `picks` picks whose leases are dropped at once.
@@ -332,9 +312,7 @@ mod tests {
 
     /// Holds `n` leases on backend `i`.
     fn hold(b: &Balancer, i: usize, n: usize) -> Vec<Lease> {
-        (0..n)
-            .map(|_| b.pick(&|j| j == i, 0).expect("backend i"))
-            .collect()
+        (0..n).map(|_| b.pick(&|j| j == i, 0).expect("backend i")).collect()
     }
 
     fn within(count: usize, expected: usize, tolerance: f64) -> bool {
@@ -343,10 +321,7 @@ mod tests {
 
     #[test]
     fn round_robin_follows_weights_exactly() {
-        assert_eq!(
-            counts(&balancer(&BalancePolicy::RoundRobin, &[1, 2, 3]), 600),
-            [100, 200, 300]
-        );
+        assert_eq!(counts(&balancer(&BalancePolicy::RoundRobin, &[1, 2, 3]), 600), [100, 200, 300]);
     }
 
     #[test]
@@ -359,30 +334,19 @@ mod tests {
     fn round_robin_with_equal_weights_rotates_over_the_eligible() {
         let b = balancer(&BalancePolicy::RoundRobin, &[3, 3, 3]);
         assert_eq!(sequence(&b, 6), [0, 1, 2, 0, 1, 2]);
-        let picked: Vec<_> = (0..4)
-            .map(|_| b.pick(&|i| i != 1, 0).expect("eligible").index())
-            .collect();
+        let picked: Vec<_> = (0..4).map(|_| b.pick(&|i| i != 1, 0).expect("eligible").index()).collect();
         assert_eq!(picked, [0, 2, 0, 2]);
     }
 
     #[test]
     fn every_policy_skips_the_ineligible_and_gives_none_without_any() {
-        let policies = [
-            BalancePolicy::RoundRobin,
-            BalancePolicy::LeastConn,
-            BalancePolicy::Random,
-            HASHED,
-        ];
+        let policies = [BalancePolicy::RoundRobin, BalancePolicy::LeastConn, BalancePolicy::Random, HASHED];
         for policy in &policies {
             for weights in [[1, 1, 1], [1, 2, 3]] {
                 let b = balancer(policy, &weights);
                 for n in 0..300 {
                     let lease = b.pick(&|i| i != 1, hash_key(&[n as u8]));
-                    assert_ne!(
-                        lease.expect("eligible").index(),
-                        1,
-                        "{policy:?} {weights:?}"
-                    );
+                    assert_ne!(lease.expect("eligible").index(), 1, "{policy:?} {weights:?}");
                 }
                 assert!(b.pick(&|_| false, 7).is_none(), "{policy:?}");
                 assert_eq!((0..3).map(|i| b.in_flight(i)).sum::<usize>(), 0);
@@ -401,9 +365,7 @@ mod tests {
     fn least_conn_rotates_between_equally_loaded() {
         let b = balancer(&BalancePolicy::LeastConn, &[1, 1, 1]);
         assert_eq!(sequence(&b, 6), [0, 1, 2, 0, 1, 2]);
-        let picked: Vec<_> = (0..4)
-            .map(|_| b.pick(&|i| i != 0, 0).expect("eligible").index())
-            .collect();
+        let picked: Vec<_> = (0..4).map(|_| b.pick(&|i| i != 0, 0).expect("eligible").index()).collect();
         assert_eq!(picked, [1, 2, 1, 2]);
     }
 
@@ -431,18 +393,12 @@ mod tests {
         let counts = counts(&b, 3_000);
         // Two distinct choices always include an idle backend, which beats the loaded one.
         assert_eq!(counts[0], 0);
-        assert!(
-            within(counts[1], 1_500, 0.05) && within(counts[2], 1_500, 0.05),
-            "{counts:?}"
-        );
+        assert!(within(counts[1], 1_500, 0.05) && within(counts[2], 1_500, 0.05), "{counts:?}");
     }
 
     #[test]
     fn consistent_hash_is_stable() {
-        let (a, b) = (
-            balancer(&HASHED, &[1, 1, 1, 1, 1]),
-            balancer(&HASHED, &[1, 1, 1, 1, 1]),
-        );
+        let (a, b) = (balancer(&HASHED, &[1, 1, 1, 1, 1]), balancer(&HASHED, &[1, 1, 1, 1, 1]));
         for n in 0u32..1_000 {
             let hash = hash_key(&n.to_le_bytes());
             let first = a.pick(&all, hash).expect("a backend").index();
@@ -456,9 +412,7 @@ mod tests {
         let b = balancer(&HASHED, &[1, 1, 1, 1, 1]);
         let place = |eligible: &dyn Fn(usize) -> bool| -> Vec<usize> {
             let key = |n: u32| hash_key(format!("192.168.{}.{}", n / 256, n % 256).as_bytes());
-            (0..10_000)
-                .map(|n| b.pick(eligible, key(n)).expect("a backend").index())
-                .collect()
+            (0..10_000).map(|n| b.pick(eligible, key(n)).expect("a backend").index()).collect()
         };
         let before = place(&all);
         let mut counts = [0; 5];

@@ -29,11 +29,7 @@ pub struct IdleTimeout(Duration);
 
 impl std::fmt::Display for IdleTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "body idle for {} ms (idle_timeout_ms)",
-            self.0.as_millis()
-        )
+        write!(f, "body idle for {} ms (idle_timeout_ms)", self.0.as_millis())
     }
 }
 
@@ -48,10 +44,7 @@ struct IdleDeadline {
 
 impl IdleDeadline {
     fn new(timeout: Duration) -> Self {
-        IdleDeadline {
-            timeout,
-            sleep: None,
-        }
+        IdleDeadline { timeout, sleep: None }
     }
 
     /// Polls `frame` under the deadline: progress re-arms it, a stall past it is an error.
@@ -69,9 +62,7 @@ impl IdleDeadline {
             }
             Poll::Pending => {
                 let timeout = self.timeout;
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(Some(Err(IdleTimeout(timeout).into())))
             }
@@ -88,10 +79,7 @@ pub struct RequestBody {
 impl RequestBody {
     /// Streams `inner`, failing it after `idle_timeout` without a frame.
     pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
-        RequestBody {
-            inner,
-            idle: IdleDeadline::new(idle_timeout),
-        }
+        RequestBody { inner, idle: IdleDeadline::new(idle_timeout) }
     }
 }
 
@@ -99,10 +87,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         this.idle.poll(cx, frame)
@@ -147,18 +132,8 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// `checkin` returns the connection to the pool once the body is complete (HTTP/1 only).
-    pub fn new(
-        inner: Incoming,
-        idle_timeout: Duration,
-        checkin: Option<Checkin>,
-        lease: Lease,
-    ) -> Self {
-        UpstreamBody {
-            inner,
-            idle: IdleDeadline::new(idle_timeout),
-            checkin,
-            _lease: lease,
-        }
+    pub fn new(inner: Incoming, idle_timeout: Duration, checkin: Option<Checkin>, lease: Lease) -> Self {
+        UpstreamBody { inner, idle: IdleDeadline::new(idle_timeout), checkin, _lease: lease }
     }
 
     /// The body was read to its end: the connection can serve another request.
@@ -183,10 +158,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(body) => {
@@ -209,9 +181,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ResponseBody::Upstream(body) => body.inner.size_hint(),
         }
     }

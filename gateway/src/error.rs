@@ -10,6 +10,7 @@ use std::fmt;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::ResponseBody;
+use crate::plugin::PluginFailure;
 
 /// Why the gateway answered a request itself.
 #[derive(Debug)]
@@ -23,15 +24,11 @@ pub enum ProxyError {
     /// No connection could be made to the backend (502).
     Connect { backend: String, cause: String },
     /// The backend closed or reset the connection, or answered with garbage (502).
-    Upstream {
-        backend: String,
-        cause: hyper::Error,
-    },
+    Upstream { backend: String, cause: hyper::Error },
     /// The backend did not answer in time (504).
-    Timeout {
-        backend: String,
-        phase: TimeoutPhase,
-    },
+    Timeout { backend: String, phase: TimeoutPhase },
+    /// A plugin failed and its `on_error` is `deny` (500).
+    Plugin { plugin: String, failure: PluginFailure },
 }
 
 /// Which wait ran out.
@@ -52,6 +49,8 @@ pub enum Source {
     Upstream,
     /// The gateway's own configuration (no route, no backend left).
     Gateway,
+    /// A plugin.
+    Plugin,
 }
 
 impl ProxyError {
@@ -63,6 +62,7 @@ impl ProxyError {
             ProxyError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -71,22 +71,14 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => Source::Downstream,
             ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } => Source::Gateway,
-            ProxyError::Connect { .. }
-            | ProxyError::Upstream { .. }
-            | ProxyError::Timeout { .. } => Source::Upstream,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => Source::Upstream,
+            ProxyError::Plugin { .. } => Source::Plugin,
         }
     }
 
     /// Whether the request certainly never reached a backend, so another backend may be tried.
     pub fn nothing_sent(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect { .. }
-                | ProxyError::Timeout {
-                    phase: TimeoutPhase::Connect,
-                    ..
-                }
-        )
+        matches!(self, ProxyError::Connect { .. } | ProxyError::Timeout { phase: TimeoutPhase::Connect, .. })
     }
 
     /// What the client is told: no addresses, no internals.
@@ -96,17 +88,12 @@ impl ProxyError {
             ProxyError::BadRequest(why) => why,
             ProxyError::NoHealthyBackend { .. } => "no healthy backend is available",
             ProxyError::Connect { .. } => "the backend could not be reached",
-            ProxyError::Upstream { .. } => {
-                "the backend closed the connection or answered invalidly"
+            ProxyError::Upstream { .. } => "the backend closed the connection or answered invalidly",
+            ProxyError::Timeout { phase: TimeoutPhase::Connect, .. } => {
+                "the backend did not accept a connection in time"
             }
-            ProxyError::Timeout {
-                phase: TimeoutPhase::Connect,
-                ..
-            } => "the backend did not accept a connection in time",
-            ProxyError::Timeout {
-                phase: TimeoutPhase::ResponseHeaders,
-                ..
-            } => "the backend did not answer in time",
+            ProxyError::Timeout { phase: TimeoutPhase::ResponseHeaders, .. } => "the backend did not answer in time",
+            ProxyError::Plugin { .. } => "a plugin failed on this request",
         }
     }
 
@@ -121,10 +108,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<ResponseBody> {
     let body = format!("{{\"error\":\"{message}\"}}");
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -140,21 +124,13 @@ impl fmt::Display for ProxyError {
                 write!(f, "backend {backend}: connect failed: {cause}")
             }
             ProxyError::Upstream { backend, cause } => write!(f, "backend {backend}: {cause}"),
-            ProxyError::Timeout {
-                backend,
-                phase: TimeoutPhase::Connect,
-            } => {
+            ProxyError::Timeout { backend, phase: TimeoutPhase::Connect } => {
                 write!(f, "backend {backend}: connect timed out")
             }
-            ProxyError::Timeout {
-                backend,
-                phase: TimeoutPhase::ResponseHeaders,
-            } => {
-                write!(
-                    f,
-                    "backend {backend}: no response headers within the route's timeout_ms"
-                )
+            ProxyError::Timeout { backend, phase: TimeoutPhase::ResponseHeaders } => {
+                write!(f, "backend {backend}: no response headers within the route's timeout_ms")
             }
+            ProxyError::Plugin { plugin, failure } => write!(f, "plugin `{plugin}` {failure}"),
         }
     }
 }

@@ -39,10 +39,10 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
 }
 
 /// Removes hop-by-hop headers; an upgrade keeps its `Upgrade` header and `Connection: upgrade`.
@@ -61,14 +61,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             }
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let upgrade_to = if upgrade {
-        headers.remove(header::UPGRADE)
-    } else {
-        None
-    };
+    let te_trailers = headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade_to = if upgrade { headers.remove(header::UPGRADE) } else { None };
     for name in hop_by_hop() {
         headers.remove(name);
     }
@@ -128,10 +122,7 @@ pub fn prepare_request(headers: &mut HeaderMap, upgrade: bool, forwarded: &Forwa
         headers.insert(&X_FORWARDED_FOR, xff);
     }
     if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(
-            &X_FORWARDED_PROTO,
-            HeaderValue::from_static(forwarded.scheme),
-        );
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.scheme));
     }
     if let Some(host) = forwarded.host
         && !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
@@ -161,10 +152,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         map
     }
@@ -187,11 +175,7 @@ mod tests {
 
     #[test]
     fn keeps_upgrade_and_te_trailers() {
-        let mut h = headers(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("te", "trailers"),
-        ]);
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("te", "trailers")]);
         assert!(is_upgrade_request(&h));
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
@@ -204,27 +188,17 @@ mod tests {
         let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
         let h = headers(&[("x-forwarded-for", "198.51.100.7, 203.0.113.5, 10.0.0.9")]);
         let proxy: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(
-            client_ip(proxy, &h, &trusted),
-            "203.0.113.5".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.5".parse::<IpAddr>().unwrap());
         let stranger: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(client_ip(stranger, &h, &trusted), stranger);
     }
 
     #[test]
     fn request_gets_forwarding_headers() {
-        let mut h = headers(&[
-            ("x-forwarded-for", "192.0.2.9"),
-            ("x-forwarded-proto", "https"),
-        ]);
+        let mut h = headers(&[("x-forwarded-for", "192.0.2.9"), ("x-forwarded-proto", "https")]);
         let host = HeaderValue::from_static("api.example.com");
-        let forwarded = Forwarded {
-            peer: "127.0.0.1".parse().unwrap(),
-            peer_trusted: false,
-            scheme: "http",
-            host: Some(&host),
-        };
+        let forwarded =
+            Forwarded { peer: "127.0.0.1".parse().unwrap(), peer_trusted: false, scheme: "http", host: Some(&host) };
         prepare_request(&mut h, false, &forwarded);
         assert_eq!(h["x-forwarded-for"], "192.0.2.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

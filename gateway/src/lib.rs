@@ -16,6 +16,7 @@ pub mod local;
 pub mod logging;
 pub mod net;
 pub mod path;
+pub mod plugin;
 pub mod pool;
 pub mod proxy;
 pub mod router;
@@ -35,6 +36,7 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<String> {
         config.routes.len(),
         config.plugins.len()
     );
-    snapshot::Snapshot::build(config, 1);
+    let runtime = plugin::PluginRuntime::new()?;
+    snapshot::Snapshot::build(config, 1, &runtime).map_err(anyhow::Error::msg)?;
     Ok(summary)
 }

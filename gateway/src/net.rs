@@ -19,15 +19,11 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -40,15 +36,16 @@ impl FromStr for Cidr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-        let network: IpAddr = addr.parse().map_err(|_| {
-            format!("`{s}` is not a network: expected an address like 10.0.0.0/8 or ::1")
-        })?;
+        let network: IpAddr =
+            addr.parse().map_err(|_| format!("`{s}` is not a network: expected an address like 10.0.0.0/8 or ::1"))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
-                format!("`{s}`: the prefix length must be a number from 0 to {max}")
-            })?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be a number from 0 to {max}"))?,
         };
         Ok(Cidr { network, prefix })
     }

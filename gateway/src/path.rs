@@ -57,11 +57,7 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
 
 /// Whether `path` can be routed as it is: it starts with `/` and has no dot segment.
 pub(crate) fn is_normal(path: &str) -> bool {
-    path.strip_prefix('/').is_some_and(|rest| {
-        !rest
-            .split('/')
-            .any(|segment| matches!(dots(segment), 1 | 2))
-    })
+    path.strip_prefix('/').is_some_and(|rest| !rest.split('/').any(|segment| matches!(dots(segment), 1 | 2)))
 }
 
 /// How many dots `segment` is made of if it is nothing but dots (`.`, `%2e`, `%2E`), else 0.
@@ -128,10 +124,7 @@ mod tests {
     #[test]
     fn borrows_a_normal_path() {
         for path in ["/", "/api/users", "/a//b/", "/a%2Fb", "*", ""] {
-            assert!(
-                matches!(normalize(path), Cow::Borrowed(p) if p == path),
-                "{path}"
-            );
+            assert!(matches!(normalize(path), Cow::Borrowed(p) if p == path), "{path}");
         }
         assert!(matches!(normalize("/a/../b"), Cow::Owned(_)));
     }

@@ -32,7 +32,7 @@ const MAX_IDLE_PER_BACKEND: usize = 256;
 const IDLE_TTL: Duration = Duration::from_secs(60);
 
 /// Where a request goes.
-pub struct Target<'a> {
+pub struct Destination<'a> {
     /// The backend's identity in the pool.
     pub key: BackendKey,
     /// The backend's address as configured, for errors and logs.
@@ -80,7 +80,7 @@ impl Pool {
     /// connection back once the response body is complete.
     pub async fn send(
         self: &Rc<Self>,
-        target: &Target<'_>,
+        target: &Destination<'_>,
         request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
         match target.protocol {
@@ -91,13 +91,10 @@ impl Pool {
 
     async fn send_http1(
         self: &Rc<Self>,
-        target: &Target<'_>,
+        target: &Destination<'_>,
         mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
-        let upstream_error = |cause| ProxyError::Upstream {
-            backend: target.name.to_string(),
-            cause,
-        };
+        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
         while let Some(mut sender) = self.take_idle(target.key) {
             if sender.ready().await.is_err() {
                 continue;
@@ -112,10 +109,8 @@ impl Pool {
             }
         }
         let stream = connect(target).await?;
-        let (mut sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(upstream_error)?;
+        let (mut sender, connection) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(upstream_error)?;
         tokio::task::spawn_local(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -127,19 +122,11 @@ impl Pool {
 
     async fn send_http2(
         self: &Rc<Self>,
-        target: &Target<'_>,
+        target: &Destination<'_>,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let upstream_error = |cause| ProxyError::Upstream {
-            backend: target.name.to_string(),
-            cause,
-        };
-        let existing = self
-            .multiplexed
-            .borrow()
-            .get(&target.key)
-            .filter(|s| !s.is_closed())
-            .cloned();
+        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
+        let existing = self.multiplexed.borrow().get(&target.key).filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
@@ -154,9 +141,7 @@ impl Pool {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                     }
                 });
-                self.multiplexed
-                    .borrow_mut()
-                    .insert(target.key, sender.clone());
+                self.multiplexed.borrow_mut().insert(target.key, sender.clone());
                 sender
             }
         };
@@ -176,21 +161,13 @@ impl Pool {
         None
     }
 
-    fn checkin(
-        self: &Rc<Self>,
-        key: BackendKey,
-        sender: http1::SendRequest<RequestBody>,
-    ) -> Checkin {
-        Checkin {
-            pool: Rc::downgrade(self),
-            key,
-            sender,
-        }
+    fn checkin(self: &Rc<Self>, key: BackendKey, sender: http1::SendRequest<RequestBody>) -> Checkin {
+        Checkin { pool: Rc::downgrade(self), key, sender }
     }
 }
 
 /// Connects to the first of the target's addresses that accepts, within the connect timeout.
-async fn connect(target: &Target<'_>) -> Result<TcpStream, ProxyError> {
+async fn connect(target: &Destination<'_>) -> Result<TcpStream, ProxyError> {
     let attempt = async {
         let mut last_error = None;
         for addr in target.addrs {
@@ -199,24 +176,15 @@ async fn connect(target: &Target<'_>) -> Result<TcpStream, ProxyError> {
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.map_or_else(
-            || "the name resolved to no address".to_string(),
-            |e| e.to_string(),
-        ))
+        Err(last_error.map_or_else(|| "the name resolved to no address".to_string(), |e| e.to_string()))
     };
     let stream = match timeout(target.connect_timeout, attempt).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(cause)) => {
-            return Err(ProxyError::Connect {
-                backend: target.name.to_string(),
-                cause,
-            });
+            return Err(ProxyError::Connect { backend: target.name.to_string(), cause });
         }
         Err(_) => {
-            return Err(ProxyError::Timeout {
-                backend: target.name.to_string(),
-                phase: TimeoutPhase::Connect,
-            });
+            return Err(ProxyError::Timeout { backend: target.name.to_string(), phase: TimeoutPhase::Connect });
         }
     };
     // Small requests and responses must not wait for Nagle's algorithm.

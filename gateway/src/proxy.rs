@@ -10,8 +10,9 @@
 //! (on-request before the backend is picked, on-response after it answers) slot in here. Every
 //! failure is a [`ProxyError`] and becomes a response in one place ([`ProxyError::response`]).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,12 +25,14 @@ use hyper_util::rt::TokioIo;
 
 use crate::balance::{self, Lease};
 use crate::body::{RequestBody, ResponseBody, UpstreamBody};
-use crate::config::{BalancePolicy, HashKey, RouteConfig, UpstreamProtocol};
+use crate::config::{BalancePolicy, HashKey, OnError, RouteConfig, UpstreamProtocol};
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::forward::{self, Forwarded};
 use crate::logging;
 use crate::path;
-use crate::pool::{Pool, Target};
+use crate::plugin::bindings::types;
+use crate::plugin::chain::{self, Chain, Target, Verdict};
+use crate::pool::{Destination, Pool};
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
 
@@ -95,102 +98,113 @@ async fn proxy<'s>(
     worker: &Worker,
     snapshot: &'s Snapshot,
     downstream: &Downstream,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     trace: &mut Trace<'s>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // Phase: route.
+    let uri = request.uri().clone();
     let host = request_host(&request);
-    let normalized = path::normalize(request.uri().path());
+    let normalized = path::normalize(uri.path());
     let route_index = snapshot
         .router
-        .route(
-            &downstream.listener,
-            host.as_ref().and_then(|h| h.to_str().ok()),
-            request.method(),
-            &normalized,
-        )
+        .route(&downstream.listener, host.as_ref().and_then(|h| h.to_str().ok()), request.method(), &normalized)
         .ok_or(ProxyError::NoRoute)?;
     let route = snapshot.route(route_index);
     trace.route = Some(&route.name);
-    let upstream = &snapshot.upstreams[route.upstream];
-
-    // Phase: forwarding rules.
-    let trusted = snapshot
-        .listener(&downstream.listener)
-        .map_or(&[][..], |l| &l.trusted_proxies[..]);
-    let peer_trusted = trusted.iter().any(|net| net.contains(downstream.peer.ip()));
+    let trusted = snapshot.listener(&downstream.listener).map_or(&[][..], |l| &l.trusted_proxies[..]);
     let client_ip = forward::client_ip(downstream.peer.ip(), request.headers(), trusted);
     trace.client = Some(client_ip);
-    let upgrade = forward::is_upgrade_request(request.headers());
-    let client_version = request.version();
-    let new_uri = upstream_uri(
-        &request,
-        &normalized,
-        route,
-        upstream.config.protocol,
-        host.as_ref(),
-    )?;
-    drop(normalized);
-    *request.uri_mut() = new_uri;
-    let forwarded = Forwarded {
-        peer: downstream.peer.ip(),
-        peer_trusted,
-        scheme: "http",
-        host: host.as_ref(),
+    let (mut parts, body) = request.into_parts();
+    let mut target = Target { path: normalized, query: uri.query().map(Cow::Borrowed) };
+
+    // Phase: on-request of the route's plugins.
+    let mut chain = Chain::new(route.plugins.iter().map(|&i| &snapshot.plugins[i]).collect(), &route.name);
+    let mut response = match chain.on_request(&mut parts, &mut target, client_ip)? {
+        Verdict::Respond(response) => response,
+        // Phase: the backend. Its failures are answers that on-response still sees.
+        Verdict::Continue => {
+            let exchange = Exchange { snapshot, route, uri: &uri, host, client_ip, trusted, target };
+            match forward_to_backend(worker, downstream, exchange, parts, body, trace).await {
+                Ok(response) => response,
+                Err(ProxyError::Plugin { plugin, failure }) => return Err(ProxyError::Plugin { plugin, failure }),
+                Err(error) => {
+                    tracing::warn!(route = route.name, error = %error, "request failed");
+                    error.response()
+                }
+            }
+        }
     };
-    forward::prepare_request(request.headers_mut(), upgrade, &forwarded);
+
+    // Phase: on-response, in reverse.
+    chain.on_response(&mut response)?;
+    Ok(response)
+}
+
+/// What the backend phase needs to know about the request beyond its parts.
+struct Exchange<'s, 'u> {
+    snapshot: &'s Snapshot,
+    route: &'s RouteConfig,
+    uri: &'u Uri,
+    host: Option<HeaderValue>,
+    client_ip: IpAddr,
+    trusted: &'s [crate::net::Cidr],
+    target: Target<'u>,
+}
+
+/// Applies the forwarding rules, picks a backend and calls it.
+async fn forward_to_backend<'s>(
+    worker: &Worker,
+    downstream: &Downstream,
+    exchange: Exchange<'s, '_>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    trace: &mut Trace<'s>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Exchange { snapshot, route, uri, host, client_ip, trusted, target } = exchange;
+    let upstream = &snapshot.upstreams[route.upstream];
+
+    // Forwarding rules.
+    let peer_trusted = trusted.iter().any(|net| net.contains(downstream.peer.ip()));
+    let upgrade = forward::is_upgrade_request(&parts.headers);
+    let client_version = parts.version;
+    parts.uri = upstream_uri(uri, &target, route, upstream.config.protocol, host.as_ref())?;
+    let forwarded = Forwarded { peer: downstream.peer.ip(), peer_trusted, scheme: "http", host: host.as_ref() };
+    forward::prepare_request(&mut parts.headers, upgrade, &forwarded);
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {
-            *request.version_mut() = Version::HTTP_11;
-            if let (false, Some(host)) = (request.headers().contains_key(header::HOST), host) {
-                request.headers_mut().insert(header::HOST, host);
+            parts.version = Version::HTTP_11;
+            if let (false, Some(host)) = (parts.headers.contains_key(header::HOST), host) {
+                parts.headers.insert(header::HOST, host);
             }
         }
         UpstreamProtocol::Http2 => {
-            *request.version_mut() = Version::HTTP_2;
-            request.headers_mut().remove(header::HOST);
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
         }
     }
+    let mut request = Request::from_parts(parts, RequestBody::new(body, route.idle_timeout));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
-    // Phase: pick a backend.
-    let hash = match &upstream.config.balance {
-        BalancePolicy::ConsistentHash(HashKey::ClientIp) => match client_ip {
-            std::net::IpAddr::V4(ip) => balance::hash_key(&ip.octets()),
-            std::net::IpAddr::V6(ip) => balance::hash_key(&ip.octets()),
-        },
-        BalancePolicy::ConsistentHash(HashKey::Header(name)) => balance::hash_key(
-            request
-                .headers()
-                .get(name)
-                .map_or(&b""[..], HeaderValue::as_bytes),
-        ),
-        _ => 0,
-    };
-    let lease = pick_backend(upstream, hash)?;
+    // Pick a backend.
+    let lease = pick_backend(snapshot, upstream, &request, &target, client_ip, route)?;
     let backend = &upstream.backends[lease.index()];
     trace.backend = Some(&backend.config.address);
 
-    // Phase: call the backend.
+    // Call it.
     let addrs = backend.addrs();
-    let target = Target {
+    let destination = Destination {
         key: backend.key,
         name: &backend.config.address,
         addrs: &addrs,
         protocol: upstream.config.protocol,
         connect_timeout: route.connect_timeout,
     };
-    let (parts, body) = request.into_parts();
-    let request = Request::from_parts(parts, RequestBody::new(body, route.idle_timeout));
     let (mut response, checkin) =
-        tokio::time::timeout(route.timeout, worker.pool.send(&target, request))
-            .await
-            .map_err(|_| ProxyError::Timeout {
-                backend: backend.config.address.clone(),
-                phase: TimeoutPhase::ResponseHeaders,
-            })??;
+        tokio::time::timeout(route.timeout, worker.pool.send(&destination, request)).await.map_err(|_| {
+            ProxyError::Timeout { backend: backend.config.address.clone(), phase: TimeoutPhase::ResponseHeaders }
+        })??;
 
-    // Phase: answer.
+    // Answer.
     *response.version_mut() = client_version;
     if let Some(client_upgrade) = client_upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -201,43 +215,34 @@ async fn proxy<'s>(
         return Ok(response.map(|_| ResponseBody::empty()));
     }
     forward::remove_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| {
-        ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, lease))
-    }))
+    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, lease))))
 }
 
 /// The host the client asked for: the Host header, or the authority of an HTTP/2 request.
 fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     match request.headers().get(header::HOST) {
         Some(host) => Some(host.clone()),
-        None => request
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     }
 }
 
-/// The request target the backend sees: the normalised path (without the route's prefix when
-/// `strip_prefix` is set) and the query; origin-form for HTTP/1.1, with scheme and authority for
-/// HTTP/2. The client's URI is kept as it is when nothing changes.
+/// The request target the backend sees: the path (normalised, or as a plugin set it; without the
+/// route's prefix when `strip_prefix` is set) and the query; origin-form for HTTP/1.1, with scheme
+/// and authority for HTTP/2. The client's URI is kept as it is when nothing changed.
 fn upstream_uri(
-    request: &Request<Incoming>,
-    normalized: &str,
+    uri: &Uri,
+    target: &Target<'_>,
     route: &RouteConfig,
     protocol: UpstreamProtocol,
     host: Option<&HeaderValue>,
 ) -> Result<Uri, ProxyError> {
-    let uri = request.uri();
-    let path = if route.strip_prefix {
-        path::strip_prefix(normalized, &route.path_prefix)
-    } else {
-        normalized
-    };
+    let path = if route.strip_prefix { path::strip_prefix(&target.path, &route.path_prefix) } else { &target.path };
     let origin_form = uri.scheme().is_none() && uri.authority().is_none();
-    if protocol == UpstreamProtocol::Http1 && origin_form && path == uri.path() {
+    let query = target.query.as_deref();
+    if protocol == UpstreamProtocol::Http1 && origin_form && path == uri.path() && query == uri.query() {
         return Ok(uri.clone());
     }
-    let path_and_query = match uri.query() {
+    let path_and_query = match query {
         Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
         None => PathAndQuery::try_from(path),
     }
@@ -251,27 +256,72 @@ fn upstream_uri(
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(authority);
     }
-    Uri::from_parts(parts)
-        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
-/// Picks a healthy backend of the upstream.
-fn pick_backend(upstream: &Upstream, hash: u64) -> Result<Lease, ProxyError> {
+/// Picks a healthy backend: by the upstream's plugin when it has one, else by its policy.
+fn pick_backend(
+    snapshot: &Snapshot,
+    upstream: &Upstream,
+    request: &Request<RequestBody>,
+    target: &Target<'_>,
+    client_ip: IpAddr,
+    route: &RouteConfig,
+) -> Result<Lease, ProxyError> {
+    let healthy = |i: usize| upstream.backends[i].is_healthy();
+    let hash = match &upstream.config.balance {
+        BalancePolicy::ConsistentHash(HashKey::ClientIp) => match client_ip {
+            IpAddr::V4(ip) => balance::hash_key(&ip.octets()),
+            IpAddr::V6(ip) => balance::hash_key(&ip.octets()),
+        },
+        BalancePolicy::ConsistentHash(HashKey::Header(name)) => {
+            balance::hash_key(request.headers().get(name).map_or(&b""[..], HeaderValue::as_bytes))
+        }
+        BalancePolicy::Plugin(plugin) => {
+            let plugin = &snapshot.plugins[*plugin];
+            let offered: Vec<usize> = (0..upstream.backends.len()).filter(|&i| healthy(i)).collect();
+            let backends: Vec<types::Backend<'_>> = offered
+                .iter()
+                .map(|&i| {
+                    let config = &upstream.backends[i].config;
+                    types::Backend {
+                        address: &config.address,
+                        weight: config.weight,
+                        zone: config.zone.as_deref().unwrap_or(""),
+                    }
+                })
+                .collect();
+            match chain::select_backend(
+                plugin,
+                request.method(),
+                request.headers(),
+                target,
+                client_ip,
+                &route.name,
+                &backends,
+            ) {
+                Ok(Some(choice)) => return Ok(upstream.balancer.lease(offered[choice])),
+                Ok(None) => 0,
+                Err(failure) => {
+                    tracing::warn!(plugin = plugin.name(), hook = "select-backend", route = route.name, error = %failure, "plugin failed");
+                    if plugin.config.on_error == OnError::Deny {
+                        return Err(ProxyError::Plugin { plugin: plugin.name().to_string(), failure });
+                    }
+                    0
+                }
+            }
+        }
+        _ => 0,
+    };
     upstream
         .balancer
-        .pick(&|i| upstream.backends[i].is_healthy(), hash)
-        .ok_or_else(|| ProxyError::NoHealthyBackend {
-            upstream: upstream.config.name.clone(),
-        })
+        .pick(&healthy, hash)
+        .ok_or_else(|| ProxyError::NoHealthyBackend { upstream: upstream.config.name.clone() })
 }
 
 /// Joins the client's and the backend's upgraded connections and copies bytes both ways until
 /// both sides are done; the lease keeps the backend counted as busy meanwhile.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    _lease: Lease,
-) {
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, _lease: Lease) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {

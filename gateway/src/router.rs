@@ -55,21 +55,12 @@ impl Router {
     /// Host header or `:authority` value, port, case, trailing dot and all. `path` must already
     /// be [normalised](path::normalize): a path that is not, or that does not start with `/`,
     /// matches no route, so forgetting to normalise fails closed.
-    pub fn route(
-        &self,
-        listener: &str,
-        host: Option<&str>,
-        method: &Method,
-        path: &str,
-    ) -> Option<usize> {
+    pub fn route(&self, listener: &str, host: Option<&str>, method: &Method, path: &str) -> Option<usize> {
         if !path::is_normal(path) {
             return None;
         }
         let host = host.map(host_without_port);
-        self.routes
-            .iter()
-            .find(|r| r.matches(listener, host, method, path))
-            .map(|r| r.index)
+        self.routes.iter().find(|r| r.matches(listener, host, method, path)).map(|r| r.index)
     }
 }
 
@@ -116,18 +107,14 @@ fn host_matches(pattern: &HostMatch, host: &str) -> bool {
         HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
         HostMatch::Wildcard(suffix) => {
             let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
-            host.len() > suffix.len()
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            host.len() > suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
         }
     }
 }
 
 /// Whether `path` is `prefix` or below it: `/api` covers `/api` and `/api/x`, not `/apix`.
 fn under_prefix(path: &str, prefix: &str) -> bool {
-    prefix == "/"
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    prefix == "/" || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -176,20 +163,10 @@ mod tests {
     #[test]
     fn host_ignores_port_case_and_trailing_dot() {
         let router = Router::new(&[route(Some("api.example.com"), "/")]);
-        for host in [
-            "api.example.com",
-            "API.Example.COM:8080",
-            "api.example.com.",
-            "Api.example.com.:1",
-        ] {
+        for host in ["api.example.com", "API.Example.COM:8080", "api.example.com.", "Api.example.com.:1"] {
             assert_eq!(get(&router, Some(host), "/"), Some(0), "{host}");
         }
-        for host in [
-            "example.com",
-            "api.example.com.evil",
-            "xapi.example.com",
-            "api.example.co",
-        ] {
+        for host in ["example.com", "api.example.com.evil", "xapi.example.com", "api.example.co"] {
             assert_eq!(get(&router, Some(host), "/"), None, "{host}");
         }
         assert_eq!(get(&router, None, "/"), None);
@@ -198,20 +175,10 @@ mod tests {
     #[test]
     fn wildcard_matches_one_or_more_labels_but_not_the_apex() {
         let router = Router::new(&[route(Some("*.example.com"), "/")]);
-        for host in [
-            "a.example.com",
-            "a.b.example.com",
-            "A.Example.Com:80",
-            "a.example.com.",
-        ] {
+        for host in ["a.example.com", "a.b.example.com", "A.Example.Com:80", "a.example.com."] {
             assert_eq!(get(&router, Some(host), "/"), Some(0), "{host}");
         }
-        for host in [
-            "example.com",
-            ".example.com",
-            "badexample.com",
-            "example.com.evil",
-        ] {
+        for host in ["example.com", ".example.com", "badexample.com", "example.com.evil"] {
             assert_eq!(get(&router, Some(host), "/"), None, "{host}");
         }
     }
@@ -223,30 +190,18 @@ mod tests {
             route(Some("*.example.com"), "/api/v2"),
             route(Some("api.example.com"), "/api"),
         ]);
-        assert_eq!(
-            get(&router, Some("api.example.com"), "/api/v2/users"),
-            Some(2)
-        );
-        assert_eq!(
-            get(&router, Some("www.example.com"), "/api/v2/users"),
-            Some(1)
-        );
+        assert_eq!(get(&router, Some("api.example.com"), "/api/v2/users"), Some(2));
+        assert_eq!(get(&router, Some("www.example.com"), "/api/v2/users"), Some(1));
         assert_eq!(get(&router, Some("example.com"), "/api/v2/users"), Some(0));
         assert_eq!(get(&router, None, "/api/v2/users"), Some(0));
         // A more specific host whose prefix does not match leaves the request to the others.
         assert_eq!(get(&router, Some("api.example.com"), "/other"), None);
-        assert_eq!(
-            get(&router, Some("api.example.com"), "/api/v2/users/7"),
-            Some(2)
-        );
+        assert_eq!(get(&router, Some("api.example.com"), "/api/v2/users/7"), Some(2));
     }
 
     #[test]
     fn longer_wildcard_suffix_wins() {
-        let router = Router::new(&[
-            route(Some("*.example.com"), "/api"),
-            route(Some("*.eu.example.com"), "/"),
-        ]);
+        let router = Router::new(&[route(Some("*.example.com"), "/api"), route(Some("*.eu.example.com"), "/")]);
         assert_eq!(get(&router, Some("a.eu.example.com"), "/api"), Some(1));
         assert_eq!(get(&router, Some("a.us.example.com"), "/api"), Some(0));
         assert_eq!(get(&router, Some("eu.example.com"), "/api"), Some(0));
@@ -254,11 +209,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let router = Router::new(&[
-            route(None, "/"),
-            route(None, "/api/v2"),
-            route(None, "/api"),
-        ]);
+        let router = Router::new(&[route(None, "/"), route(None, "/api/v2"), route(None, "/api")]);
         assert_eq!(get(&router, None, "/api/v2/users"), Some(1));
         assert_eq!(get(&router, None, "/api/v2"), Some(1));
         assert_eq!(get(&router, None, "/api/v3"), Some(2));
@@ -280,15 +231,9 @@ mod tests {
 
     #[test]
     fn methods_restrict_a_route() {
-        let post = RouteConfig {
-            methods: Some(vec![Method::POST, Method::PUT]),
-            ..route(None, "/submit")
-        };
+        let post = RouteConfig { methods: Some(vec![Method::POST, Method::PUT]), ..route(None, "/submit") };
         let router = Router::new(&[post, route(None, "/")]);
-        assert_eq!(
-            router.route("main", None, &Method::POST, "/submit"),
-            Some(0)
-        );
+        assert_eq!(router.route("main", None, &Method::POST, "/submit"), Some(0));
         assert_eq!(router.route("main", None, &Method::PUT, "/submit"), Some(0));
         assert_eq!(router.route("main", None, &Method::GET, "/submit"), Some(1));
         let custom = Method::from_bytes(b"PURGE").unwrap();
@@ -297,23 +242,11 @@ mod tests {
 
     #[test]
     fn listener_restricts_a_route() {
-        let internal = RouteConfig {
-            listener: Some("internal".into()),
-            ..route(None, "/admin")
-        };
+        let internal = RouteConfig { listener: Some("internal".into()), ..route(None, "/admin") };
         let router = Router::new(&[internal, route(None, "/")]);
-        assert_eq!(
-            router.route("internal", None, &Method::GET, "/admin"),
-            Some(0)
-        );
-        assert_eq!(
-            router.route("public", None, &Method::GET, "/admin"),
-            Some(1)
-        );
-        assert_eq!(
-            router.route("Internal", None, &Method::GET, "/admin"),
-            Some(1)
-        );
+        assert_eq!(router.route("internal", None, &Method::GET, "/admin"), Some(0));
+        assert_eq!(router.route("public", None, &Method::GET, "/admin"), Some(1));
+        assert_eq!(router.route("Internal", None, &Method::GET, "/admin"), Some(1));
     }
 
     #[test]
@@ -331,26 +264,12 @@ mod tests {
     #[test]
     fn routes_the_normalised_path_only() {
         let router = Router::new(&[route(None, "/public"), route(None, "/admin")]);
-        for raw in [
-            "/public/../admin",
-            "/public/%2e%2e/admin",
-            "/public/./../admin/.",
-        ] {
+        for raw in ["/public/../admin", "/public/%2e%2e/admin", "/public/./../admin/."] {
             assert_eq!(get(&router, None, raw), None, "{raw} is not normalised");
             assert_eq!(get(&router, None, &path::normalize(raw)), Some(1), "{raw}");
         }
-        assert_eq!(
-            get(&router, None, &path::normalize("/../../public/x")),
-            Some(0)
-        );
-        assert_eq!(
-            get(
-                &router,
-                None,
-                &path::normalize("/public/a%2F..%2F..%2Fadmin")
-            ),
-            Some(0)
-        );
+        assert_eq!(get(&router, None, &path::normalize("/../../public/x")), Some(0));
+        assert_eq!(get(&router, None, &path::normalize("/public/a%2F..%2F..%2Fadmin")), Some(0));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::{self, Config};
 use crate::local::LocalExec;
 use crate::logging;
+use crate::plugin::PluginRuntime;
 use crate::pool::Pool;
 use crate::proxy::{self, Downstream, Worker};
 use crate::snapshot::Snapshot;
@@ -49,7 +50,8 @@ pub fn run(path: &Path, workers: usize) -> anyhow::Result<()> {
 async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
     let listeners = bind(&config)?;
     let drain_timeout = config.server.drain_timeout;
-    let snapshot = Snapshot::build(config, 1);
+    let runtime = PluginRuntime::new()?;
+    let snapshot = Snapshot::build(config, 1, &runtime).map_err(anyhow::Error::msg)?;
     snapshot.spawn_background();
     let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
     let (stop, stopped) = watch::channel(false);
@@ -67,16 +69,9 @@ async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
             .context("cannot start a worker thread")?;
         threads.push(thread);
     }
-    tracing::info!(
-        workers,
-        version = env!("CARGO_PKG_VERSION"),
-        "sluice started"
-    );
+    tracing::info!(workers, version = env!("CARGO_PKG_VERSION"), "sluice started");
     shutdown_signal().await?;
-    tracing::info!(
-        drain_timeout_ms = drain_timeout.as_millis() as u64,
-        "shutting down: draining requests in flight"
-    );
+    tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "shutting down: draining requests in flight");
     let _ = stop.send(true);
     drop(listeners);
     for thread in threads {
@@ -99,10 +94,7 @@ fn bind(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
             socket.set_nonblocking(true)?;
             let address = socket.local_addr()?;
             tracing::info!(listener = l.name, address = %address, "listening");
-            Ok(BoundListener {
-                name: l.name.clone(),
-                socket,
-            })
+            Ok(BoundListener { name: l.name.clone(), socket })
         })
         .collect()
 }
@@ -132,10 +124,7 @@ fn worker(
     mut stopped: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");
@@ -198,10 +187,7 @@ async fn accept(
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let downstream = Rc::new(Downstream {
-            listener: name.clone(),
-            peer,
-        });
+        let downstream = Rc::new(Downstream { listener: name.clone(), peer });
         connections.open.set(connections.open.get() + 1);
         tokio::task::spawn_local(serve_connection(
             stream,

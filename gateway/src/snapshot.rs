@@ -4,6 +4,7 @@
 //! swaps in a new snapshot never changes the rules under a request in flight.
 
 use crate::config::{Config, ListenerConfig, RouteConfig};
+use crate::plugin::{LoadedPlugin, PluginRuntime};
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -17,24 +18,19 @@ pub struct Snapshot {
     pub router: Router,
     /// Parallel to `config.upstreams`.
     pub upstreams: Vec<Upstream>,
+    /// Parallel to `config.plugins`.
+    pub plugins: Vec<LoadedPlugin>,
 }
 
 impl Snapshot {
-    /// Builds the run-time state of `config` (resolving backend names, building balancers).
-    pub fn build(config: Config, generation: u64) -> Snapshot {
+    /// Builds the run-time state of `config`: loads every plugin (compiling, checking its
+    /// contract, running its init), resolves backend names, builds balancers. The error names the
+    /// plugin that could not be loaded.
+    pub fn build(config: Config, generation: u64, runtime: &PluginRuntime) -> Result<Snapshot, String> {
+        let plugins = config.plugins.iter().map(|p| runtime.load(p)).collect::<Result<Vec<_>, _>>()?;
         let router = Router::new(&config.routes);
-        let upstreams = config
-            .upstreams
-            .iter()
-            .cloned()
-            .map(Upstream::new)
-            .collect();
-        Snapshot {
-            generation,
-            config,
-            router,
-            upstreams,
-        }
+        let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect();
+        Ok(Snapshot { generation, config, router, upstreams, plugins })
     }
 
     /// Starts the background work the snapshot needs (DNS re-resolution) on the current runtime;

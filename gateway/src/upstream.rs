@@ -22,8 +22,7 @@ pub struct BackendKey(u32);
 
 impl BackendKey {
     fn of(address: &str, protocol: UpstreamProtocol) -> BackendKey {
-        static KEYS: LazyLock<Mutex<HashMap<(String, UpstreamProtocol), u32>>> =
-            LazyLock::new(Default::default);
+        static KEYS: LazyLock<Mutex<HashMap<(String, UpstreamProtocol), u32>>> = LazyLock::new(Default::default);
         let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
         let next = keys.len() as u32;
         BackendKey(*keys.entry((address.to_string(), protocol)).or_insert(next))
@@ -80,11 +79,7 @@ impl Upstream {
         let weights: Vec<u32> = backends.iter().map(|b| b.config.weight).collect();
         let keys: Vec<&str> = backends.iter().map(|b| b.config.address.as_str()).collect();
         let balancer = Balancer::new(&config.balance, &weights, &keys);
-        Upstream {
-            config,
-            backends,
-            balancer,
-        }
+        Upstream { config, backends, balancer }
     }
 
     /// Re-resolves the backends named by DNS every `resolve_interval_ms`, on the current runtime,

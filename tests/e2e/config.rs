@@ -8,17 +8,8 @@ use crate::support::*;
 fn check(config: &str, env: &[(&str, &str)]) -> (bool, String, std::path::PathBuf, TempDir) {
     let dir = TempDir::new();
     let path = dir.write("gateway.toml", config);
-    let output = Command::new(SLUICE)
-        .args(["check", "-c"])
-        .arg(&path)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new(SLUICE).args(["check", "-c"]).arg(&path).envs(env.iter().copied()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text, path, dir)
 }
 
@@ -43,53 +34,28 @@ upstream = "api"
 fn a_valid_config_checks_ok_and_version_prints() {
     let (ok, text, path, _dir) = check(VALID, &[]);
     assert!(ok, "{text}");
-    assert_eq!(
-        text.trim(),
-        format!(
-            "{}: ok (1 listeners, 1 upstreams, 1 routes, 0 plugins)",
-            path.display()
-        )
-    );
+    assert_eq!(text.trim(), format!("{}: ok (1 listeners, 1 upstreams, 1 routes, 0 plugins)", path.display()));
     let version = Command::new(SLUICE).arg("--version").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("sluice {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("sluice {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
 fn errors_name_the_file_line_and_key() {
     let cases: &[(&str, &str, &str)] = &[
-        (
-            "listen = \"127.0.0.1:0\"",
-            "lisen = \"127.0.0.1:0\"",
-            ":4:1: unknown field `lisen`, expected one of",
-        ),
-        (
-            "upstream = \"api\"\n",
-            "upstream = \"nope\"\n",
-            ":15:12: upstream `nope` is not defined (defined: api)",
-        ),
+        ("listen = \"127.0.0.1:0\"", "lisen = \"127.0.0.1:0\"", ":4:1: unknown field `lisen`, expected one of"),
+        ("upstream = \"api\"\n", "upstream = \"nope\"\n", ":15:12: upstream `nope` is not defined (defined: api)"),
         (
             "balance = \"least_conn\"",
             "balance = \"fastest\"",
             ":10:11: expected round_robin, least_conn, random, consistent_hash",
         ),
-        (
-            "\"127.0.0.1:9001\"",
-            "\"127.0.0.1\"",
-            ":9:13: backend `127.0.0.1` is not HOST:PORT",
-        ),
+        ("\"127.0.0.1:9001\"", "\"127.0.0.1\"", ":9:13: backend `127.0.0.1` is not HOST:PORT"),
         (
             "protocol = \"http\"",
             "protocol = \"https\"",
             ":5:12: protocol `https` is not available in this version of sluice yet",
         ),
-        (
-            "path_prefix = \"/api\"",
-            "path_prefix = \"api\"",
-            ":14:15: path_prefix must start with `/`",
-        ),
+        ("path_prefix = \"/api\"", "path_prefix = \"api\"", ":14:15: path_prefix must start with `/`"),
         (
             "listen = \"127.0.0.1:0\"",
             "listen = \"${SLUICE_TEST_UNSET}\"",
@@ -101,10 +67,7 @@ fn errors_name_the_file_line_and_key() {
         let (ok, text, path, _dir) = check(&config, &[]);
         assert!(!ok, "{to} must be refused");
         assert!(text.contains(&format!("{}", path.display())), "{text}");
-        assert!(
-            text.contains(expected),
-            "for {to}: expected {expected:?} in {text}"
-        );
+        assert!(text.contains(expected), "for {to}: expected {expected:?} in {text}");
     }
     let (ok, text, _, _dir) = check(
         &VALID
@@ -115,10 +78,7 @@ fn errors_name_the_file_line_and_key() {
     assert!(ok, "listener and upstream names live apart: {text}");
     let duplicate = format!("{VALID}\n[[route]]\nname = \"api\"\nupstream = \"api\"\n");
     let (ok, text, _, _dir) = check(&duplicate, &[]);
-    assert!(
-        !ok && text.contains(":18:8: duplicate route name `api`"),
-        "{text}"
-    );
+    assert!(!ok && text.contains(":18:8: duplicate route name `api`"), "{text}");
 }
 
 #[test]

@@ -18,10 +18,8 @@ async fn sigterm_drains_a_request_in_flight_then_exits_zero() {
         }
     })
     .await;
-    let config = format!(
-        "{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"slow\"\n",
-        upstream("slow", &[&backend])
-    );
+    let config =
+        format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"slow\"\n", upstream("slow", &[&backend]));
     let mut gateway = Gateway::start(&config);
     let addr = gateway.addr();
     let in_flight = tokio::spawn(async move { get(addr, "x", "/").await });
@@ -40,9 +38,6 @@ async fn sigterm_drains_a_request_in_flight_then_exits_zero() {
     assert!(refused, "no new connections once draining");
 
     let reply = in_flight.await.unwrap();
-    assert_eq!(
-        (reply.status.as_u16(), reply.body.as_str()),
-        (200, "finished")
-    );
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "finished"));
     assert_eq!(gateway.wait_exit(Duration::from_secs(10)), Some(0));
 }

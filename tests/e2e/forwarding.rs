@@ -14,10 +14,8 @@ async fn forwards_with_the_forwarding_rules_and_reuses_connections() {
             .unwrap()
     })
     .await;
-    let config = format!(
-        "{LISTENER}\n{}\n[[route]]\nname = \"all\"\nupstream = \"one\"\n",
-        upstream("one", &[&backend])
-    );
+    let config =
+        format!("{LISTENER}\n{}\n[[route]]\nname = \"all\"\nupstream = \"one\"\n", upstream("one", &[&backend]));
     let gateway = Gateway::start(&config);
     let mut client = Client::connect(gateway.addr()).await;
     let request = http::Request::get("/x")
@@ -33,18 +31,12 @@ async fn forwards_with_the_forwarding_rules_and_reuses_connections() {
     assert_eq!(reply.body, "hello");
     assert_eq!(reply.headers["x-backend"], "one");
     for hop in ["keep-alive", "x-internal"] {
-        assert!(
-            !reply.headers.contains_key(hop),
-            "response header {hop} must be dropped"
-        );
+        assert!(!reply.headers.contains_key(hop), "response header {hop} must be dropped");
     }
 
     let seen = backend.last();
     assert_eq!(seen.uri, "/x");
-    assert_eq!(
-        seen.headers["host"], "shop.test:8080",
-        "Host passes as sent"
-    );
+    assert_eq!(seen.headers["host"], "shop.test:8080", "Host passes as sent");
     assert_eq!(seen.headers["x-forwarded-for"], "192.0.2.1, 127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-forwarded-host"], "shop.test:8080");
@@ -64,31 +56,17 @@ async fn forwards_with_the_forwarding_rules_and_reuses_connections() {
         )
         .await;
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        backend.last().headers["x-request-id"],
-        "abc-123",
-        "a client's request id is kept"
-    );
+    assert_eq!(backend.last().headers["x-request-id"], "abc-123", "a client's request id is kept");
     for _ in 0..5 {
         client.get("shop.test", "/z").await;
     }
-    assert_eq!(
-        backend.connections(),
-        1,
-        "one pooled upstream connection serves sequential requests"
-    );
+    assert_eq!(backend.connections(), 1, "one pooled upstream connection serves sequential requests");
 
     let access = gateway.wait_for_log("path=\"/y\"");
     for field in ["method=GET", "route=\"all\"", "status=200", "duration_us="] {
-        assert!(
-            access.contains(field),
-            "access line {access:?} lacks {field}"
-        );
+        assert!(access.contains(field), "access line {access:?} lacks {field}");
     }
-    assert!(
-        access.contains(&format!("backend=\"{}\"", backend.addr)),
-        "{access}"
-    );
+    assert!(access.contains(&format!("backend=\"{}\"", backend.addr)), "{access}");
 }
 
 #[tokio::test]
@@ -126,36 +104,23 @@ upstream = "rr"
     let mut by_client = std::collections::HashMap::new();
     for i in 0..40 {
         let ip = format!("203.0.113.{}", i % 8);
-        let request = http::Request::get("/sticky")
-            .header("host", "h")
-            .header("x-forwarded-for", &ip)
-            .body(full(""))
-            .unwrap();
+        let request =
+            http::Request::get("/sticky").header("host", "h").header("x-forwarded-for", &ip).body(full("")).unwrap();
         let backend = client.send(request).await.body;
-        assert_eq!(
-            by_client.entry(ip).or_insert_with(|| backend.clone()),
-            &backend,
-            "a client stays on its backend"
-        );
+        assert_eq!(by_client.entry(ip).or_insert_with(|| backend.clone()), &backend, "a client stays on its backend");
     }
     let mut sides: Vec<_> = by_client.values().collect();
     sides.sort();
     sides.dedup();
     assert_eq!(sides.len(), 2, "eight clients spread over both backends");
     let access = gateway.wait_for_log("client=203.0.113.7");
-    assert!(
-        access.contains("route=\"sticky\""),
-        "the access log names the client behind the trusted proxy: {access}"
-    );
+    assert!(access.contains("route=\"sticky\""), "the access log names the client behind the trusted proxy: {access}");
 
     let mut order = Vec::new();
     for _ in 0..4 {
         order.push(client.get("h", "/").await.body);
     }
-    assert!(
-        order == ["a", "b", "a", "b"] || order == ["b", "a", "b", "a"],
-        "round robin alternates: {order:?}"
-    );
+    assert!(order == ["a", "b", "a", "b"] || order == ["b", "a", "b", "a"], "round robin alternates: {order:?}");
 }
 
 #[tokio::test]

@@ -13,9 +13,7 @@ use crate::support::*;
 async fn h2_client(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection);
     sender
 }
@@ -23,27 +21,15 @@ async fn h2_client(addr: std::net::SocketAddr) -> hyper::client::conn::http2::Se
 #[tokio::test]
 async fn an_http2_client_reaches_an_http1_backend() {
     let backend = Backend::named("h1").await;
-    let config = format!(
-        "{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"h1\"\n",
-        upstream("h1", &[&backend])
-    );
+    let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"h1\"\n", upstream("h1", &[&backend]));
     let gateway = Gateway::start(&config);
     let mut client = h2_client(gateway.addr()).await;
     for path in ["/one", "/two"] {
-        let response = client
-            .send_request(
-                Request::get(format!("http://h2.test{path}"))
-                    .body(full(""))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response =
+            client.send_request(Request::get(format!("http://h2.test{path}")).body(full("")).unwrap()).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.version(), Version::HTTP_2);
-        assert_eq!(
-            response.into_body().collect().await.unwrap().to_bytes(),
-            "h1"
-        );
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "h1");
         let seen = backend.last();
         assert_eq!((seen.version, seen.uri.as_str()), (Version::HTTP_11, path));
         assert_eq!(seen.headers["host"], "h2.test");
@@ -61,10 +47,7 @@ async fn grpc_style_http2_passes_through_with_trailers() {
             .with_trailers(async move { Some(Ok(trailers)) })
             .map_err(|never| match never {})
             .boxed();
-        http::Response::builder()
-            .header("content-type", "application/grpc")
-            .body(body)
-            .unwrap()
+        http::Response::builder().header("content-type", "application/grpc").body(body).unwrap()
     })
     .await;
     let config = format!(
@@ -82,10 +65,7 @@ async fn grpc_style_http2_passes_through_with_trailers() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/grpc");
     let collected = response.into_body().collect().await.unwrap();
-    let trailers = collected
-        .trailers()
-        .cloned()
-        .expect("trailers reach the client");
+    let trailers = collected.trailers().cloned().expect("trailers reach the client");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "ok");
     assert_eq!(collected.to_bytes(), &b"echo:\0\0\0\0\x05hello"[..]);
@@ -119,15 +99,10 @@ async fn a_websocket_upgrade_passes_through_and_echoes() {
             .unwrap()
     })
     .await;
-    let config = format!(
-        "{LISTENER}\n{}\n[[route]]\nname = \"ws\"\nupstream = \"ws\"\n",
-        upstream("ws", &[&backend])
-    );
+    let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"ws\"\nupstream = \"ws\"\n", upstream("ws", &[&backend]));
     let gateway = Gateway::start(&config);
 
-    let mut socket = tokio::net::TcpStream::connect(gateway.addr())
-        .await
-        .unwrap();
+    let mut socket = tokio::net::TcpStream::connect(gateway.addr()).await.unwrap();
     socket
         .write_all(
             b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -143,32 +118,18 @@ async fn a_websocket_upgrade_passes_through_and_echoes() {
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101 "), "{head}");
-    assert!(
-        head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
-        "{head}"
-    );
-    assert!(
-        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-        "{head}"
-    );
+    assert!(head.contains("upgrade: websocket") && head.contains("connection: upgrade"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
 
     // A masked text frame "Hello", as a browser sends it.
-    let frame = [
-        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-    ];
+    let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
     for _ in 0..3 {
         socket.write_all(&frame).await.unwrap();
         let mut echoed = [0u8; 11];
-        tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut echoed))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut echoed)).await.unwrap().unwrap();
         assert_eq!(echoed, frame);
     }
     let seen = backend.last();
     assert_eq!(seen.headers["upgrade"], "websocket");
-    assert_eq!(
-        seen.headers["sec-websocket-key"],
-        "dGhlIHNhbXBsZSBub25jZQ=="
-    );
+    assert_eq!(seen.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
 }

@@ -21,10 +21,7 @@ struct Generated {
 
 impl Generated {
     fn new(total: u64) -> Generated {
-        Generated {
-            remaining: total,
-            chunk: Bytes::from(vec![b'x'; CHUNK]),
-        }
+        Generated { remaining: total, chunk: Bytes::from(vec![b'x'; CHUNK]) }
     }
 }
 
@@ -32,10 +29,7 @@ impl Body for Generated {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -80,45 +74,19 @@ async fn half_a_gigabyte_streams_both_ways_in_bounded_memory() {
     );
     let gateway = Gateway::start(&config);
     let mut client = Client::connect(gateway.addr()).await;
-    client
-        .send(
-            Request::post("/warm-up")
-                .header("host", "x")
-                .body(full("x"))
-                .unwrap(),
-        )
-        .await;
+    client.send(Request::post("/warm-up").header("host", "x").body(full("x")).unwrap()).await;
     let (idle_rss, _) = gateway.memory_kib();
 
-    let response = client
-        .raw(
-            Request::get("/download")
-                .header("host", "x")
-                .body(full(""))
-                .unwrap(),
-        )
-        .await;
+    let response = client.raw(Request::get("/download").header("host", "x").body(full("")).unwrap()).await;
     assert_eq!(response.status(), 200);
     assert_eq!(drain(response.into_body()).await, TOTAL);
 
-    let upload = Request::post("/upload")
-        .header("host", "x")
-        .body(Generated::new(TOTAL).boxed())
-        .unwrap();
+    let upload = Request::post("/upload").header("host", "x").body(Generated::new(TOTAL).boxed()).unwrap();
     let reply = client.send(upload).await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.body),
-        (200, TOTAL.to_string())
-    );
+    assert_eq!((reply.status.as_u16(), reply.body), (200, TOTAL.to_string()));
 
     let (_, peak_rss) = gateway.memory_kib();
     let growth_mib = peak_rss.saturating_sub(idle_rss) as f64 / 1024.0;
-    eprintln!(
-        "gateway RSS: idle {} KiB, peak {} KiB, growth {growth_mib:.1} MiB for 2 x 512 MiB",
-        idle_rss, peak_rss
-    );
-    assert!(
-        growth_mib < 8.0,
-        "streaming 512 MiB each way grew the gateway by {growth_mib:.1} MiB"
-    );
+    eprintln!("gateway RSS: idle {} KiB, peak {} KiB, growth {growth_mib:.1} MiB for 2 x 512 MiB", idle_rss, peak_rss);
+    assert!(growth_mib < 8.0, "streaming 512 MiB each way grew the gateway by {growth_mib:.1} MiB");
 }

@@ -41,30 +41,21 @@ pub struct Backend {
     task: tokio::task::JoinHandle<()>,
 }
 
-type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
-        + Send
-        + Sync,
->;
-pub type BoxBody =
-    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>> + Send + Sync>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A body of `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 impl Backend {
     /// A backend answering `200 NAME` with `x-backend: NAME`.
     pub async fn named(name: &'static str) -> Backend {
-        Backend::start(move |_req| async move {
-            Response::builder()
-                .header("x-backend", name)
-                .body(full(name))
-                .unwrap()
-        })
+        Backend::start(
+            move |_req| async move { Response::builder().header("x-backend", name).body(full(name)).unwrap() },
+        )
         .await
     }
 
@@ -104,12 +95,7 @@ impl Backend {
                 });
             }
         });
-        Backend {
-            addr,
-            seen,
-            connections,
-            task,
-        }
+        Backend { addr, seen, connections, task }
     }
 
     /// Every request received so far.
@@ -177,26 +163,15 @@ impl Gateway {
                 Ok((name, addr)) => {
                     listeners.insert(name, addr);
                 }
-                Err(_) => panic!(
-                    "sluice did not start listening; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                ),
+                Err(_) => panic!("sluice did not start listening; its log:\n{}", log.lock().unwrap().join("\n")),
             }
         }
-        Gateway {
-            child,
-            listeners,
-            log,
-            _dir: dir,
-        }
+        Gateway { child, listeners, log, _dir: dir }
     }
 
     /// The address of the only (or the first named `public`) listener.
     pub fn addr(&self) -> SocketAddr {
-        self.listeners
-            .get("public")
-            .copied()
-            .unwrap_or_else(|| *self.listeners.values().next().unwrap())
+        self.listeners.get("public").copied().unwrap_or_else(|| *self.listeners.values().next().unwrap())
     }
 
     /// The log lines written so far.
@@ -212,10 +187,7 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "no log line contains {needle:?}; log:\n{}",
-            self.log().join("\n")
-        )
+        panic!("no log line contains {needle:?}; log:\n{}", self.log().join("\n"))
     }
 
     /// Resident set size of the gateway process now and at its peak, in KiB.
@@ -233,10 +205,7 @@ impl Gateway {
 
     /// Sends a signal to the gateway process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
@@ -318,9 +287,7 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(connection.with_upgrades());
         Client { sender }
     }
@@ -336,22 +303,12 @@ impl Client {
         let response = self.raw(request).await;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
     }
 
     /// `GET path` with `Host: host`.
     pub async fn get(&mut self, host: &str, path: &str) -> Reply {
-        self.send(
-            Request::get(path)
-                .header("host", host)
-                .body(full(""))
-                .unwrap(),
-        )
-        .await
+        self.send(Request::get(path).header("host", host).body(full("")).unwrap()).await
     }
 }
 
@@ -363,12 +320,8 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
 /// An upstream block for `backends`.
 pub fn upstream(name: &str, backends: &[&Backend]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
-    format!(
-        "[[upstream]]\nname = \"{name}\"\nbackends = [{}]\n",
-        list.join(", ")
-    )
+    format!("[[upstream]]\nname = \"{name}\"\nbackends = [{}]\n", list.join(", "))
 }
 
 /// The usual header of a test config: one `public` listener on a free port, access logs on.
-pub const LISTENER: &str =
-    "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n";
+pub const LISTENER: &str = "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n";

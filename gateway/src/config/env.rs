@@ -23,10 +23,7 @@ impl<'de> Deserialize<'de> for Text {
 }
 
 /// Replaces every `${NAME}` in `s` with `lookup(NAME)`; a name that is unset or malformed is an error.
-pub fn substitute(
-    s: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Cow<'_, str>, String> {
+pub fn substitute(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Cow<'_, str>, String> {
     if !s.contains("${") {
         return Ok(Cow::Borrowed(s));
     }
@@ -35,23 +32,17 @@ pub fn substitute(
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("`${{` without a closing `}}` in \"{s}\""))?;
+        let end = after.find('}').ok_or_else(|| format!("`${{` without a closing `}}` in \"{s}\""))?;
         let name = &after[..end];
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(format!(
                 "`${{{name}}}` is not a variable name: use letters, digits and `_`, as in ${{API_KEY}}"
             ));
         }
-        let value = lookup(name).ok_or_else(|| {
-            format!("environment variable `{name}` is not set (named as ${{{name}}})")
-        })?;
+        let value =
+            lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set (named as ${{{name}}})"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -69,14 +60,8 @@ mod tests {
 
     #[test]
     fn replaces_variables_anywhere_in_a_string() {
-        assert_eq!(
-            substitute("a-${KEY}-b${KEY}", env).unwrap(),
-            "a-s3cret-bs3cret"
-        );
-        assert!(matches!(
-            substitute("plain", env).unwrap(),
-            Cow::Borrowed("plain")
-        ));
+        assert_eq!(substitute("a-${KEY}-b${KEY}", env).unwrap(), "a-s3cret-bs3cret");
+        assert!(matches!(substitute("plain", env).unwrap(), Cow::Borrowed("plain")));
     }
 
     #[test]
@@ -85,15 +70,7 @@ mod tests {
             substitute("${NOPE}", env).unwrap_err(),
             "environment variable `NOPE` is not set (named as ${NOPE})"
         );
-        assert!(
-            substitute("${KEY", env)
-                .unwrap_err()
-                .contains("without a closing")
-        );
-        assert!(
-            substitute("${1X}", env)
-                .unwrap_err()
-                .contains("not a variable name")
-        );
+        assert!(substitute("${KEY", env).unwrap_err().contains("without a closing"));
+        assert!(substitute("${1X}", env).unwrap_err().contains("not a variable name"));
     }
 }

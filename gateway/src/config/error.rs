@@ -20,12 +20,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about the file as a whole (unreadable, or a setting that is missing altogether).
     pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
-        ConfigError {
-            file: file.to_path_buf(),
-            position: None,
-            message: message.into(),
-            excerpt: None,
-        }
+        ConfigError { file: file.to_path_buf(), position: None, message: message.into(), excerpt: None }
     }
 
     /// An error about the bytes at `span` of `text`, the contents of `file`.

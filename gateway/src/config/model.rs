@@ -128,6 +128,9 @@ pub enum BalancePolicy {
     Random,
     /// `"consistent_hash"`: a hash ring keyed by `hash_key`.
     ConsistentHash(HashKey),
+    /// `{ plugin = "NAME" }`: the plugin's select-backend picks (index into [`Config::plugins`]);
+    /// when it leaves the choice to the gateway, round robin.
+    Plugin(usize),
 }
 
 /// `hash_key = "client_ip" | "header:NAME"` for `consistent_hash` (default `client_ip`).

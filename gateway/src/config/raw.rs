@@ -115,10 +115,7 @@ pub struct RawBackendTable {
 
 /// `"round_robin"` or `{ plugin = "NAME" }`.
 #[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "expected round_robin, least_conn, random, consistent_hash or { plugin = \"NAME\" }"
-)]
+#[serde(untagged, expecting = "expected round_robin, least_conn, random, consistent_hash or { plugin = \"NAME\" }")]
 pub enum RawBalance {
     Policy(BalanceKey),
     Plugin { plugin: Text },

@@ -29,11 +29,7 @@ impl Validator<'_> {
     }
 
     pub fn config(&self, raw: RawConfig) -> Result<Config> {
-        let listeners = raw
-            .listener
-            .into_iter()
-            .map(|l| self.listener(l))
-            .collect::<Result<Vec<_>>>()?;
+        let listeners = raw.listener.into_iter().map(|l| self.listener(l)).collect::<Result<Vec<_>>>()?;
         if listeners.is_empty() {
             return Err(ConfigError::whole_file(
                 self.file,
@@ -41,18 +37,11 @@ impl Validator<'_> {
             ));
         }
         let listener_names = self.unique_names("listener", listeners.iter().map(|(n, _)| n))?;
-        let upstreams = raw
-            .upstream
-            .into_iter()
-            .map(|u| self.upstream(u))
-            .collect::<Result<Vec<_>>>()?;
-        let upstream_names = self.unique_names("upstream", upstreams.iter().map(|(n, _)| n))?;
-        let plugins = raw
-            .plugin
-            .into_iter()
-            .map(|p| self.plugin(p))
-            .collect::<Result<Vec<_>>>()?;
+        let plugins = raw.plugin.into_iter().map(|p| self.plugin(p)).collect::<Result<Vec<_>>>()?;
         let plugin_names = self.unique_names("plugin", plugins.iter().map(|(n, _)| n))?;
+        let upstreams =
+            raw.upstream.into_iter().map(|u| self.upstream(u, &plugin_names)).collect::<Result<Vec<_>>>()?;
+        let upstream_names = self.unique_names("upstream", upstreams.iter().map(|(n, _)| n))?;
         let routes = raw
             .route
             .into_iter()
@@ -70,9 +59,7 @@ impl Validator<'_> {
                 },
                 access: raw.log.access.unwrap_or(true),
             },
-            server: ServerConfig {
-                drain_timeout: self.duration(raw.server.drain_timeout_ms, 30_000)?,
-            },
+            server: ServerConfig { drain_timeout: self.duration(raw.server.drain_timeout_ms, 30_000)? },
             listeners: listeners.into_iter().map(|(_, l)| l).collect(),
             upstreams: upstreams.into_iter().map(|(_, u)| u).collect(),
             plugins: plugins.into_iter().map(|(_, p)| p).collect(),
@@ -91,10 +78,7 @@ impl Validator<'_> {
             if seen.insert(name.get_ref().0.as_str(), index).is_some() {
                 return Err(self.err(
                     name.span(),
-                    format!(
-                        "duplicate {kind} name `{}`: each {kind} needs its own name",
-                        name.get_ref().0
-                    ),
+                    format!("duplicate {kind} name `{}`: each {kind} needs its own name", name.get_ref().0),
                 ));
             }
         }
@@ -102,39 +86,19 @@ impl Validator<'_> {
     }
 
     /// Resolves a reference to a named item, or says which names exist.
-    fn reference(
-        &self,
-        kind: &str,
-        name: &Spanned<Text>,
-        names: &HashMap<&str, usize>,
-    ) -> Result<usize> {
-        names
-            .get(name.get_ref().0.as_str())
-            .copied()
-            .ok_or_else(|| {
-                let mut known: Vec<_> = names.keys().copied().collect();
-                known.sort_unstable();
-                let known = if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                };
-                self.err(
-                    name.span(),
-                    format!(
-                        "{kind} `{}` is not defined (defined: {known})",
-                        name.get_ref().0
-                    ),
-                )
-            })
+    fn reference(&self, kind: &str, name: &Spanned<Text>, names: &HashMap<&str, usize>) -> Result<usize> {
+        names.get(name.get_ref().0.as_str()).copied().ok_or_else(|| {
+            let mut known: Vec<_> = names.keys().copied().collect();
+            known.sort_unstable();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            self.err(name.span(), format!("{kind} `{}` is not defined (defined: {known})", name.get_ref().0))
+        })
     }
 
     fn duration(&self, value: Option<Spanned<u64>>, default_ms: u64) -> Result<Duration> {
         match value {
             None => Ok(Duration::from_millis(default_ms)),
-            Some(v) if *v.get_ref() == 0 => {
-                Err(self.err(v.span(), "must be at least 1 (milliseconds)"))
-            }
+            Some(v) if *v.get_ref() == 0 => Err(self.err(v.span(), "must be at least 1 (milliseconds)")),
             Some(v) => Ok(Duration::from_millis(*v.get_ref())),
         }
     }
@@ -143,10 +107,7 @@ impl Validator<'_> {
         value.get_ref().0.parse().map_err(|_| {
             self.err(
                 value.span(),
-                format!(
-                    "`{}` is not a socket address: expected IP:PORT, e.g. 127.0.0.1:8080",
-                    value.get_ref().0
-                ),
+                format!("`{}` is not a socket address: expected IP:PORT, e.g. 127.0.0.1:8080", value.get_ref().0),
             )
         })
     }
@@ -156,10 +117,7 @@ impl Validator<'_> {
             Some(addr) => self.socket_addr(addr)?,
             None => SocketAddr::from(([127, 0, 0, 1], 9901)),
         };
-        Ok(AdminConfig {
-            listen,
-            token: raw.token.map(|t| t.0),
-        })
+        Ok(AdminConfig { listen, token: raw.token.map(|t| t.0) })
     }
 
     fn listener(&self, raw: Spanned<RawListener>) -> Result<(Spanned<Text>, ListenerConfig)> {
@@ -182,28 +140,17 @@ impl Validator<'_> {
             ("tls", raw.tls.as_ref().map(Spanned::span)),
             ("upstream", raw.upstream.as_ref().map(Spanned::span)),
             ("plugins", raw.plugins.as_ref().map(Spanned::span)),
-            (
-                "connect_ports",
-                raw.connect_ports.as_ref().map(Spanned::span),
-            ),
+            ("connect_ports", raw.connect_ports.as_ref().map(Spanned::span)),
             ("allow", raw.allow.as_ref().map(Spanned::span)),
             ("anonymous", raw.anonymous.as_ref().map(Spanned::span)),
         ];
         if let Some((key, Some(span))) = mode_keys.into_iter().find(|(_, span)| span.is_some()) {
-            return Err(self.err(
-                span,
-                format!("`{key}` does not apply to an http listener; remove it"),
-            ));
+            return Err(self.err(span, format!("`{key}` does not apply to an http listener; remove it")));
         }
         let trusted_proxies = raw
             .trusted_proxies
             .iter()
-            .map(|c| {
-                c.get_ref()
-                    .0
-                    .parse::<Cidr>()
-                    .map_err(|e| self.err(c.span(), e))
-            })
+            .map(|c| c.get_ref().0.parse::<Cidr>().map_err(|e| self.err(c.span(), e)))
             .collect::<Result<_>>()?;
         let listener = ListenerConfig {
             name: raw.name.get_ref().0.clone(),
@@ -214,57 +161,38 @@ impl Validator<'_> {
         Ok((raw.name, listener))
     }
 
-    fn upstream(&self, raw: Spanned<RawUpstream>) -> Result<(Spanned<Text>, UpstreamConfig)> {
+    fn upstream(
+        &self,
+        raw: Spanned<RawUpstream>,
+        plugins: &HashMap<&str, usize>,
+    ) -> Result<(Spanned<Text>, UpstreamConfig)> {
         let raw = raw.into_inner();
         for (key, value) in [("health", &raw.health), ("tls", &raw.tls)] {
             if let Some(value) = value {
                 return Err(self.err(
                     value.span(),
-                    format!(
-                        "upstream `{key}` is not available in this version of sluice yet; remove it"
-                    ),
+                    format!("upstream `{key}` is not available in this version of sluice yet; remove it"),
                 ));
             }
         }
         if raw.backends.get_ref().is_empty() {
-            return Err(self.err(
-                raw.backends.span(),
-                "an upstream needs at least one backend",
-            ));
+            return Err(self.err(raw.backends.span(), "an upstream needs at least one backend"));
         }
-        let backends = raw
-            .backends
-            .get_ref()
-            .iter()
-            .map(|b| self.backend(b))
-            .collect::<Result<Vec<_>>>()?;
+        let backends = raw.backends.get_ref().iter().map(|b| self.backend(b)).collect::<Result<Vec<_>>>()?;
         let policy = match raw.balance.as_ref().map(|b| (b.get_ref(), b.span())) {
-            None | Some((RawBalance::Policy(BalanceKey::RoundRobin), _)) => {
-                BalancePolicy::RoundRobin
-            }
+            None | Some((RawBalance::Policy(BalanceKey::RoundRobin), _)) => BalancePolicy::RoundRobin,
             Some((RawBalance::Policy(BalanceKey::LeastConn), _)) => BalancePolicy::LeastConn,
             Some((RawBalance::Policy(BalanceKey::Random), _)) => BalancePolicy::Random,
             Some((RawBalance::Policy(BalanceKey::ConsistentHash), _)) => {
                 BalancePolicy::ConsistentHash(self.hash_key(raw.hash_key.as_ref())?)
             }
             Some((RawBalance::Plugin { plugin }, span)) => {
-                return Err(self.err(
-                    span,
-                    format!(
-                        "balancing by plugin `{}` needs the plugin runtime, which this version of sluice does not have yet",
-                        plugin.0
-                    ),
-                ));
+                let name = Spanned::new(span, plugin.clone());
+                BalancePolicy::Plugin(self.reference("plugin", &name, plugins)?)
             }
         };
-        if let (Some(key), false) = (
-            &raw.hash_key,
-            matches!(policy, BalancePolicy::ConsistentHash(_)),
-        ) {
-            return Err(self.err(
-                key.span(),
-                "`hash_key` only applies with balance = \"consistent_hash\"",
-            ));
+        if let (Some(key), false) = (&raw.hash_key, matches!(policy, BalancePolicy::ConsistentHash(_))) {
+            return Err(self.err(key.span(), "`hash_key` only applies with balance = \"consistent_hash\""));
         }
         let upstream = UpstreamConfig {
             name: raw.name.get_ref().0.clone(),
@@ -294,9 +222,7 @@ impl Validator<'_> {
             .ok_or_else(|| {
                 self.err(
                     raw.span(),
-                    format!(
-                        "hash_key `{value}` is invalid: expected \"client_ip\" or \"header:NAME\""
-                    ),
+                    format!("hash_key `{value}` is invalid: expected \"client_ip\" or \"header:NAME\""),
                 )
             })
     }
@@ -304,11 +230,7 @@ impl Validator<'_> {
     fn backend(&self, raw: &Spanned<RawBackend>) -> Result<BackendConfig> {
         let (address, weight, zone) = match raw.get_ref() {
             RawBackend::Address(a) => (&a.0, 1, None),
-            RawBackend::Table(t) => (
-                &t.address.0,
-                t.weight.unwrap_or(1),
-                t.zone.as_ref().map(|z| z.0.clone()),
-            ),
+            RawBackend::Table(t) => (&t.address.0, t.weight.unwrap_or(1), t.zone.as_ref().map(|z| z.0.clone())),
         };
         if weight == 0 {
             return Err(self.err(raw.span(), "a backend's weight must be at least 1"));
@@ -319,17 +241,10 @@ impl Validator<'_> {
                 format!("backend `{address}` is not HOST:PORT, e.g. \"127.0.0.1:9001\" or \"api.internal:80\""),
             )
         })?;
-        Ok(BackendConfig {
-            address: address.clone(),
-            host: host.to_string(),
-            port,
-            weight,
-            zone,
-        })
+        Ok(BackendConfig { address: address.clone(), host: host.to_string(), port, weight, zone })
     }
 
     fn plugin(&self, raw: Spanned<RawPlugin>) -> Result<(Spanned<Text>, PluginConfig)> {
-        let span = raw.span();
         let raw = raw.into_inner();
         let memory_mb = match raw.memory_mb {
             Some(m) if *m.get_ref() == 0 => {
@@ -339,12 +254,8 @@ impl Validator<'_> {
             None => 16,
         };
         let config = match raw.config {
-            Some(table) => serde_json::to_value(table.get_ref()).map_err(|e| {
-                self.err(
-                    table.span(),
-                    format!("plugin config cannot be handed over as JSON: {e}"),
-                )
-            })?,
+            Some(table) => serde_json::to_value(table.get_ref())
+                .map_err(|e| self.err(table.span(), format!("plugin config cannot be handed over as JSON: {e}")))?,
             None => serde_json::Value::Object(Default::default()),
         };
         let plugin = PluginConfig {
@@ -362,14 +273,7 @@ impl Validator<'_> {
             },
             config,
         };
-        // The runtime that runs plugins lands in the next version; refusing beats ignoring them.
-        Err(self.err(
-            span,
-            format!(
-                "plugin `{}`: the Wasm plugin runtime is not part of this version of sluice yet; remove the [[plugin]]",
-                plugin.name
-            ),
-        ))
+        Ok((raw.name, plugin))
     }
 
     fn relative_path(&self, path: &str) -> std::path::PathBuf {
@@ -388,24 +292,19 @@ impl Validator<'_> {
             self.reference("listener", listener, listeners)?;
         }
         let host = raw.host.as_ref().map(|h| self.host(h)).transpose()?;
-        let methods =
-            raw.methods
-                .as_ref()
-                .map(|methods| {
-                    methods
-                        .iter()
-                        .map(|m| {
-                            Method::from_bytes(m.get_ref().0.to_ascii_uppercase().as_bytes())
-                                .map_err(|_| {
-                                    self.err(
-                                        m.span(),
-                                        format!("`{}` is not an HTTP method", m.get_ref().0),
-                                    )
-                                })
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-                .transpose()?;
+        let methods = raw
+            .methods
+            .as_ref()
+            .map(|methods| {
+                methods
+                    .iter()
+                    .map(|m| {
+                        Method::from_bytes(m.get_ref().0.to_ascii_uppercase().as_bytes())
+                            .map_err(|_| self.err(m.span(), format!("`{}` is not an HTTP method", m.get_ref().0)))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
         let path_prefix = match &raw.path_prefix {
             None => "/".to_string(),
             Some(p) if !p.get_ref().0.starts_with('/') => {
@@ -413,11 +312,7 @@ impl Validator<'_> {
             }
             Some(p) => {
                 let trimmed = p.get_ref().0.trim_end_matches('/');
-                if trimmed.is_empty() {
-                    "/".to_string()
-                } else {
-                    trimmed.to_string()
-                }
+                if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() }
             }
         };
         let route = RouteConfig {
@@ -427,11 +322,7 @@ impl Validator<'_> {
             methods,
             path_prefix,
             upstream: self.reference("upstream", &raw.upstream, upstreams)?,
-            plugins: raw
-                .plugins
-                .iter()
-                .map(|p| self.reference("plugin", p, plugins))
-                .collect::<Result<_>>()?,
+            plugins: raw.plugins.iter().map(|p| self.reference("plugin", p, plugins)).collect::<Result<_>>()?,
             strip_prefix: raw.strip_prefix.unwrap_or(false),
             timeout: self.duration(raw.timeout_ms, 30_000)?,
             connect_timeout: self.duration(raw.connect_timeout_ms, 2_000)?,
@@ -448,17 +339,17 @@ impl Validator<'_> {
         };
         let valid = !name.is_empty()
             && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if valid {
             Ok(pattern)
         } else {
             Err(self.err(
                 raw.span(),
-                format!("host `{}` is not a host name: expected e.g. \"api.example.com\" or \"*.example.com\" (no port)", raw.get_ref().0),
+                format!(
+                    "host `{}` is not a host name: expected e.g. \"api.example.com\" or \"*.example.com\" (no port)",
+                    raw.get_ref().0
+                ),
             ))
         }
     }

@@ -1,0 +1,331 @@
+//! A route's plugins over one request: on-request in order, on-response in reverse for every
+//! plugin whose on-request ran, and select-backend for upstreams balanced by a plugin.
+//!
+//! A hook's changes are validated whole and applied only when it returned normally; a hook that
+//! fails changes nothing, and its plugin's `on_error` decides: `deny` ends the request with a 500
+//! (which no on-response sees), `allow` skips the plugin. The request context, a small string map
+//! that carries data from on-request to on-response and from one plugin to the next, lives here
+//! and dies with the request.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, request};
+
+use super::bindings::types::{self, HeaderOp, RequestAction, ResponseAction, Selection};
+use super::fields;
+use super::{Hook, LoadedPlugin, PluginFailure};
+use crate::body::ResponseBody;
+use crate::config::OnError;
+use crate::error::ProxyError;
+
+/// What on-request decided for the request as a whole.
+pub enum Verdict {
+    /// Go on to the backend.
+    Continue,
+    /// A plugin answered; the backend is not called.
+    Respond(Response<ResponseBody>),
+}
+
+/// The request's path and query as plugins leave them.
+pub struct Target<'u> {
+    /// The normalised path, or the one a plugin set.
+    pub path: Cow<'u, str>,
+    /// The query without `?`, if any.
+    pub query: Option<Cow<'u, str>>,
+}
+
+/// The plugins of one request and what they share.
+pub struct Chain<'s> {
+    plugins: Vec<&'s LoadedPlugin>,
+    route: &'s str,
+    /// Indices into `plugins` whose on-request ran, in order.
+    ran: Vec<usize>,
+    context: Vec<(String, String)>,
+    /// The request as on-request left it, for on-response: method, path, encoded headers.
+    request: Option<(String, String, Vec<u8>)>,
+}
+
+impl<'s> Chain<'s> {
+    /// The chain of `plugins` on route `route`.
+    pub fn new(plugins: Vec<&'s LoadedPlugin>, route: &'s str) -> Self {
+        Chain { plugins, route, ran: Vec::new(), context: Vec::new(), request: None }
+    }
+
+    /// Runs on-request of every plugin in order until one responds.
+    pub fn on_request(
+        &mut self,
+        parts: &mut request::Parts,
+        target: &mut Target<'_>,
+        client_ip: IpAddr,
+    ) -> Result<Verdict, ProxyError> {
+        let client_ip = client_ip.to_string();
+        let mut verdict = Verdict::Continue;
+        for (index, plugin) in self.plugins.iter().copied().enumerate() {
+            if !plugin.implements(Hook::OnRequest) {
+                self.ran.push(index);
+                continue;
+            }
+            let headers = fields::encode_headers(&parts.headers);
+            let context = fields::encode_pairs(&self.context);
+            let view = types::Request {
+                method: parts.method.as_str(),
+                path: &target.path,
+                query: target.query.as_deref().unwrap_or(""),
+                headers: &headers,
+                client_ip: &client_ip,
+                route: self.route,
+                tls: None,
+                context: &context,
+            };
+            let outcome = plugin.call(|hooks, store| hooks.call_on_request(store, view)).and_then(|outcome| {
+                let changes = RequestChanges::validate(outcome.changes)?;
+                let respond = match outcome.action {
+                    RequestAction::Continue => None,
+                    RequestAction::Respond(response) => Some(plugin_response(response)?),
+                    RequestAction::NotImplemented => {
+                        plugin.mark_unimplemented(Hook::OnRequest);
+                        None
+                    }
+                };
+                Ok((changes, respond))
+            });
+            match outcome {
+                Ok((changes, respond)) => {
+                    changes.apply(parts, target, &mut self.context);
+                    self.ran.push(index);
+                    if let Some(response) = respond {
+                        verdict = Verdict::Respond(response);
+                        break;
+                    }
+                }
+                Err(failure) => self.failed(plugin, Hook::OnRequest, failure)?,
+            }
+        }
+        if self.plugins.iter().any(|p| p.implements(Hook::OnResponse)) {
+            self.request =
+                Some((parts.method.to_string(), target.path.to_string(), fields::encode_headers(&parts.headers)));
+        }
+        Ok(verdict)
+    }
+
+    /// Runs on-response of every plugin whose on-request ran, in reverse order.
+    pub fn on_response(&mut self, response: &mut Response<ResponseBody>) -> Result<(), ProxyError> {
+        let empty = (String::new(), String::new(), Vec::new());
+        let (method, path, request_headers) = self.request.as_ref().unwrap_or(&empty);
+        for index in self.ran.iter().rev().copied() {
+            let plugin = self.plugins[index];
+            if !plugin.implements(Hook::OnResponse) {
+                continue;
+            }
+            let headers = fields::encode_headers(response.headers());
+            let context = fields::encode_pairs(&self.context);
+            let view = types::ResponseHead {
+                status: response.status().as_u16(),
+                headers: &headers,
+                request_method: method,
+                request_path: path,
+                request_headers,
+                route: self.route,
+                context: &context,
+            };
+            let outcome = plugin.call(|hooks, store| hooks.call_on_response(store, view)).and_then(|outcome| {
+                let status = outcome.changes.status.map(status_code).transpose()?;
+                let ops = validate_ops(outcome.changes.headers)?;
+                let replace = match outcome.action {
+                    ResponseAction::Continue => None,
+                    ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
+                    ResponseAction::NotImplemented => {
+                        plugin.mark_unimplemented(Hook::OnResponse);
+                        None
+                    }
+                };
+                Ok((status, ops, outcome.changes.context, replace))
+            });
+            match outcome {
+                Ok((status, ops, context, replace)) => {
+                    if let Some(replacement) = replace {
+                        *response = replacement;
+                    }
+                    if let Some(status) = status {
+                        *response.status_mut() = status;
+                    }
+                    apply_ops(response.headers_mut(), ops);
+                    apply_context(&mut self.context, context);
+                }
+                Err(failure) => self.failed(plugin, Hook::OnResponse, failure)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a failed hook by the plugin's `on_error`: an error for `deny`, a log line for `allow`.
+    fn failed(&self, plugin: &LoadedPlugin, hook: Hook, failure: PluginFailure) -> Result<(), ProxyError> {
+        tracing::warn!(plugin = plugin.name(), hook = hook.name(), route = self.route, error = %failure, "plugin failed");
+        match plugin.config.on_error {
+            OnError::Allow => Ok(()),
+            OnError::Deny => Err(ProxyError::Plugin { plugin: plugin.name().to_string(), failure }),
+        }
+    }
+}
+
+/// Asks `plugin` to choose among `backends` (address, weight, zone) for this request. `None`
+/// leaves the choice to the upstream's own policy.
+pub fn select_backend(
+    plugin: &LoadedPlugin,
+    method: &Method,
+    headers: &HeaderMap,
+    target: &Target<'_>,
+    client_ip: IpAddr,
+    route: &str,
+    backends: &[types::Backend<'_>],
+) -> Result<Option<usize>, PluginFailure> {
+    if !plugin.implements(Hook::SelectBackend) {
+        return Ok(None);
+    }
+    let headers = fields::encode_headers(headers);
+    let client_ip = client_ip.to_string();
+    let view = types::Request {
+        method: method.as_str(),
+        path: &target.path,
+        query: target.query.as_deref().unwrap_or(""),
+        headers: &headers,
+        client_ip: &client_ip,
+        route,
+        tls: None,
+        context: &[],
+    };
+    match plugin.call(|hooks, store| hooks.call_select_backend(store, view, backends))? {
+        Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),
+        Selection::Backend(index) => Err(PluginFailure::Invalid(format!(
+            "select-backend chose index {index} of {} healthy backends",
+            backends.len()
+        ))),
+        Selection::Default => Ok(None),
+        Selection::NotImplemented => {
+            plugin.mark_unimplemented(Hook::SelectBackend);
+            Ok(None)
+        }
+    }
+}
+
+/// A header change, checked.
+enum Op {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+/// The changes of on-request, checked before any is applied.
+struct RequestChanges {
+    method: Option<Method>,
+    path: Option<String>,
+    query: Option<String>,
+    ops: Vec<Op>,
+    context: Vec<(String, String)>,
+}
+
+impl RequestChanges {
+    fn validate(changes: types::RequestChanges) -> Result<Self, PluginFailure> {
+        let method = changes
+            .method
+            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("`{m}` is not a method"))))
+            .transpose()?;
+        if let Some(path) = &changes.path
+            && (!path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err())
+        {
+            return Err(invalid(format!("`{path}` is not a path")));
+        }
+        if let Some(query) = &changes.query
+            && http::uri::PathAndQuery::try_from(format!("/?{query}")).is_err()
+        {
+            return Err(invalid(format!("`{query}` is not a query")));
+        }
+        Ok(RequestChanges {
+            method,
+            path: changes.path,
+            query: changes.query,
+            ops: validate_ops(changes.headers)?,
+            context: changes.context,
+        })
+    }
+
+    fn apply(self, parts: &mut request::Parts, target: &mut Target<'_>, context: &mut Vec<(String, String)>) {
+        if let Some(method) = self.method {
+            parts.method = method;
+        }
+        if let Some(path) = self.path {
+            target.path = Cow::Owned(path);
+        }
+        if let Some(query) = self.query {
+            target.query = (!query.is_empty()).then_some(Cow::Owned(query));
+        }
+        apply_ops(&mut parts.headers, self.ops);
+        apply_context(context, self.context);
+    }
+}
+
+fn invalid(why: String) -> PluginFailure {
+    PluginFailure::Invalid(why)
+}
+
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), PluginFailure> {
+    let name =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("`{name}` is not a header name")))?;
+    let value = HeaderValue::from_str(value).map_err(|_| invalid(format!("header `{name}` has an invalid value")))?;
+    Ok((name, value))
+}
+
+fn validate_ops(ops: Vec<HeaderOp>) -> Result<Vec<Op>, PluginFailure> {
+    ops.into_iter()
+        .map(|op| match op {
+            HeaderOp::Set((name, value)) => header(&name, &value).map(|(n, v)| Op::Set(n, v)),
+            HeaderOp::Append((name, value)) => header(&name, &value).map(|(n, v)| Op::Append(n, v)),
+            HeaderOp::Remove(name) => HeaderName::from_bytes(name.as_bytes())
+                .map(Op::Remove)
+                .map_err(|_| invalid(format!("`{name}` is not a header name"))),
+        })
+        .collect()
+}
+
+fn apply_ops(headers: &mut HeaderMap, ops: Vec<Op>) {
+    for op in ops {
+        match op {
+            Op::Set(name, value) => {
+                headers.insert(name, value);
+            }
+            Op::Append(name, value) => {
+                headers.append(name, value);
+            }
+            Op::Remove(name) => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// Sets context entries; an empty value removes the key.
+fn apply_context(context: &mut Vec<(String, String)>, changes: Vec<(String, String)>) {
+    for (key, value) in changes {
+        context.retain(|(k, _)| *k != key);
+        if !value.is_empty() {
+            context.push((key, value));
+        }
+    }
+}
+
+fn status_code(status: u16) -> Result<StatusCode, PluginFailure> {
+    StatusCode::from_u16(status).map_err(|_| invalid(format!("{status} is not a status code")))
+}
+
+/// A response a plugin made, as the gateway sends it.
+fn plugin_response(response: types::Response) -> Result<Response<ResponseBody>, PluginFailure> {
+    let mut built = Response::new(ResponseBody::full(Bytes::from(response.body)));
+    *built.status_mut() = status_code(response.status)?;
+    for (name, value) in response.headers {
+        let (name, value) = header(&name, &value)?;
+        built.headers_mut().append(name, value);
+    }
+    Ok(built)
+}

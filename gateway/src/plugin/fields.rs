@@ -1,0 +1,51 @@
+//! The `fields` encoding of the WIT: name/value pairs in one flat byte list.
+//!
+//! Headers cross into a plugin as one list instead of one string per name and value, so a hook
+//! call costs one allocation in the guest rather than dozens. Each entry is the name's length
+//! (u32, little-endian), the name, the value's length, the value.
+
+use http::HeaderMap;
+
+/// Appends one entry.
+pub fn push(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    block.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    block.extend_from_slice(name);
+    block.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    block.extend_from_slice(value);
+}
+
+/// Encodes every header, repeated ones in order.
+pub fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
+    let size: usize = headers.iter().map(|(n, v)| 8 + n.as_str().len() + v.len()).sum();
+    let mut block = Vec::with_capacity(size);
+    for (name, value) in headers {
+        push(&mut block, name.as_str().as_bytes(), value.as_bytes());
+    }
+    block
+}
+
+/// Encodes string pairs (the request context).
+pub fn encode_pairs(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in pairs {
+        push(&mut block, name.as_bytes(), value.as_bytes());
+    }
+    block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_repeated_headers_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.append("a", "1".parse().unwrap());
+        headers.append("a", "22".parse().unwrap());
+        let block = encode_headers(&headers);
+        let expected: Vec<u8> =
+            [&[1, 0, 0, 0][..], b"a", &[1, 0, 0, 0], b"1", &[1, 0, 0, 0], b"a", &[2, 0, 0, 0], b"22"].concat();
+        assert_eq!(block, expected);
+        assert_eq!(encode_pairs(&[("k".into(), "v".into())]), [&[1, 0, 0, 0][..], b"k", &[1, 0, 0, 0], b"v"].concat());
+    }
+}

@@ -1,0 +1,18 @@
+//! Wasm plugins: compiled once per snapshot (the factory, [`PluginRuntime`]), instantiated per
+//! worker and called once per hook ([`LoadedPlugin`]), applied to requests and responses by
+//! [`chain`].
+//!
+//! The contract is `wit/plugin.wit`; [`bindings`] is generated from it. Sandbox limits live in
+//! [`limits`]; state shared across instances and reloads in [`state`].
+
+pub mod bindings;
+pub mod chain;
+pub mod fields;
+mod host;
+mod instance;
+pub mod limits;
+mod runtime;
+pub mod state;
+
+pub use instance::{Hook, LoadedPlugin, PluginFailure};
+pub use runtime::PluginRuntime;

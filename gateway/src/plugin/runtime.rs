@@ -1,0 +1,178 @@
+//! The plugin factory: one wasmtime engine for the process, compiling each plugin once.
+//!
+//! Compiled code is cached on disk by the SHA-256 of the Wasm file (and the engine's
+//! compatibility hash), so a restart or a reload that did not change a plugin does not compile it
+//! again. Loading also proves the plugin usable before it can serve: the contract version is
+//! checked and one instance runs `init`, so a plugin whose init fails is refused at load with its
+//! own message.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::PluginPre;
+use super::host::HostState;
+use super::instance::LoadedPlugin;
+use super::limits::{EPOCH_TICK, MAX_INSTANCES, MAX_MEMORY_MB};
+use super::state::{InMemoryState, SharedState};
+use crate::config::PluginConfig;
+
+/// The contract this gateway implements; plugins must export its `hooks` at the same major.minor.
+pub const CONTRACT: &str = "sluice:plugin@0.1";
+
+/// The process-wide engine, linker and shared state.
+#[derive(Clone)]
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    state: Arc<dyn SharedState>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl PluginRuntime {
+    /// Creates the engine (pooling allocator, epoch deadlines) and starts its epoch clock.
+    pub fn new() -> anyhow::Result<PluginRuntime> {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 4)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 2)
+            .max_memory_size(MAX_MEMORY_MB as usize * 1024 * 1024);
+        let mut config = Config::new();
+        config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+        super::bindings::Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot link the host interface: {e}"))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(PluginRuntime {
+            engine,
+            linker: Arc::new(linker),
+            state: Arc::new(InMemoryState::default()),
+            cache_dir: cache_dir(),
+        })
+    }
+
+    /// Loads the plugin `config` names: read, compile (or take from the cache), check the
+    /// contract, and run `init` once. The error says what is wrong with which plugin.
+    pub fn load(&self, config: &PluginConfig) -> Result<LoadedPlugin, String> {
+        let name = &config.name;
+        let fail = |what: String| format!("plugin `{name}` ({}): {what}", config.path.display());
+        if config.memory_mb > MAX_MEMORY_MB {
+            return Err(fail(format!("memory_mb = {} exceeds the maximum of {MAX_MEMORY_MB}", config.memory_mb)));
+        }
+        let wasm = std::fs::read(&config.path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        let sha256 = hex(&Sha256::digest(&wasm));
+        let component = self.compile(&wasm, &sha256).map_err(|e| fail(format!("not a valid Wasm component: {e}")))?;
+        check_contract(&self.engine, &component).map_err(fail)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(|e| fail(format!("cannot be linked: {e}")))?;
+        let plugin = LoadedPlugin::new(config.clone(), sha256, self.engine.clone(), pre, self.state.clone());
+        plugin.check_init().map_err(|e| fail(e.to_string()))?;
+        Ok(plugin)
+    }
+
+    /// Compiles `wasm`, or loads the code compiled for the same bytes from the disk cache.
+    fn compile(&self, wasm: &[u8], sha256: &str) -> wasmtime::Result<Component> {
+        let Some(dir) = &self.cache_dir else { return Component::new(&self.engine, wasm) };
+        let compat = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut hasher);
+            hasher.finish()
+        };
+        let cached = dir.join(format!("{sha256}-{compat:016x}.cwasm"));
+        if cached.exists() {
+            // SAFETY: the file was written by `precompile_component` below into a directory only
+            // this user can write (see `cache_dir`), and wasmtime checks that it was compiled
+            // by a compatible engine.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "ignoring an unusable cached plugin"),
+            }
+        }
+        let code = self.engine.precompile_component(wasm)?;
+        let temporary = dir.join(format!("{sha256}.{}.tmp", std::process::id()));
+        if std::fs::write(&temporary, &code).and_then(|()| std::fs::rename(&temporary, &cached)).is_err() {
+            tracing::warn!(dir = %dir.display(), "cannot write the plugin cache; plugins will be compiled at every start");
+        }
+        // SAFETY: `code` was produced by this engine just now.
+        unsafe { Component::deserialize(&self.engine, &code) }
+    }
+}
+
+/// Checks that the component exports the hooks of a compatible contract version.
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let hooks = exports.iter().find(|name| name.starts_with("sluice:plugin/hooks"));
+    match hooks {
+        Some(name)
+            if name.starts_with(&format!("{}.", CONTRACT.replacen("sluice:plugin", "sluice:plugin/hooks", 1))) =>
+        {
+            Ok(())
+        }
+        Some(name) => {
+            let version = name.split_once('@').map_or("no version", |(_, v)| v);
+            Err(format!(
+                "built against contract sluice:plugin@{version}, but this gateway implements {CONTRACT}.x; rebuild it with a matching sluice-sdk"
+            ))
+        }
+        None => Err(format!(
+            "not a Sluice plugin: it does not export sluice:plugin/hooks (it exports: {})",
+            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        )),
+    }
+}
+
+/// Where compiled plugins are cached: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice` or
+/// `~/.cache/sluice`; created private to this user. None (no cache) if it cannot be.
+fn cache_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from).or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+            .map(|base| base.join("sluice"))
+    })?;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
+    let meta = std::fs::metadata(&dir).ok()?;
+    // SAFETY: getuid has no preconditions.
+    let private = meta.is_dir() && meta.uid() == unsafe { getuid() } && meta.permissions().mode() & 0o022 == 0;
+    if !private {
+        tracing::warn!(dir = %dir.display(), "the plugin cache directory is not private to this user; not caching");
+        return None;
+    }
+    Some(dir)
+}
+
+unsafe extern "C" {
+    /// The C library's `getuid(2)`.
+    fn getuid() -> u32;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,205 @@
+//! State that outlives a request: windowed counters and a key-value store, shared by every instance
+//! of a plugin in the process and kept across reloads (a reload must not reset a rate limit).
+//!
+//! Plugins reach it through one trait, [`SharedState`], namespaced by plugin name. The in-memory
+//! backend here is the default; a remote backend (Redis, so several gateways share limits) can
+//! implement the same trait. Hook calls are synchronous, so such a backend answers from local
+//! state and synchronises in the background, and every method may fail: a failure reaches the
+//! plugin as an absent value or a failed swap rather than stalling the request.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+/// The counts of a windowed counter after an increment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCount {
+    /// The count in the current window.
+    pub current: i64,
+    /// The final count of the previous window.
+    pub previous: i64,
+    /// Time left in the current window.
+    pub remaining: Duration,
+}
+
+/// Shared plugin state. `namespace` is the plugin's name, so plugins never see each other's keys.
+pub trait SharedState: Send + Sync {
+    /// Adds `delta` to `key` in the current window of length `window` (aligned to the epoch).
+    fn counter_incr(&self, namespace: &str, key: &str, delta: i64, window: Duration) -> WindowCount;
+    /// The live value of `key`.
+    fn kv_get(&self, namespace: &str, key: &str) -> Option<String>;
+    /// Stores `value`; `ttl` of zero means no expiry.
+    fn kv_set(&self, namespace: &str, key: &str, value: String, ttl: Duration);
+    /// Replaces the value if it equals `expected` (`None`: absent); `new = None` deletes.
+    fn kv_compare_and_swap(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<String>,
+        ttl: Duration,
+    ) -> bool;
+}
+
+/// A counter's current and previous window.
+#[derive(Default)]
+struct Counter {
+    window_ms: u64,
+    window_start: u64,
+    current: i64,
+    previous: i64,
+}
+
+/// A stored value and when it expires (ms since the epoch; 0 never).
+struct Entry {
+    value: String,
+    expires_ms: u64,
+}
+
+/// The default backend: in this process's memory, sharded so instances on different workers
+/// rarely contend.
+#[derive(Default)]
+pub struct InMemoryState {
+    counters: DashMap<(String, String), Mutex<Counter>>,
+    values: DashMap<(String, String), Entry>,
+    clock: Option<fn() -> u64>,
+}
+
+impl InMemoryState {
+    fn now_ms(&self) -> u64 {
+        self.clock.map_or_else(now_ms, |clock| clock())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SharedState for InMemoryState {
+    fn counter_incr(&self, namespace: &str, key: &str, delta: i64, window: Duration) -> WindowCount {
+        let window_ms = (window.as_millis() as u64).max(1);
+        let now = self.now_ms();
+        let start = now - now % window_ms;
+        let slot = self.counters.entry((namespace.to_string(), key.to_string())).or_default();
+        let mut counter = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if counter.window_ms != window_ms {
+            *counter = Counter { window_ms, window_start: start, ..Counter::default() };
+        } else if counter.window_start != start {
+            let consecutive = counter.window_start + window_ms == start;
+            counter.previous = if consecutive { counter.current } else { 0 };
+            counter.current = 0;
+            counter.window_start = start;
+        }
+        counter.current = counter.current.saturating_add(delta);
+        WindowCount {
+            current: counter.current,
+            previous: counter.previous,
+            remaining: Duration::from_millis(start + window_ms - now),
+        }
+    }
+
+    fn kv_get(&self, namespace: &str, key: &str) -> Option<String> {
+        let now = self.now_ms();
+        let entry = self.values.get(&(namespace.to_string(), key.to_string()))?;
+        live(&entry, now).then(|| entry.value.clone())
+    }
+
+    fn kv_set(&self, namespace: &str, key: &str, value: String, ttl: Duration) {
+        let expires_ms = expiry(self.now_ms(), ttl);
+        self.values.insert((namespace.to_string(), key.to_string()), Entry { value, expires_ms });
+    }
+
+    fn kv_compare_and_swap(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<String>,
+        ttl: Duration,
+    ) -> bool {
+        let now = self.now_ms();
+        let key = (namespace.to_string(), key.to_string());
+        match self.values.entry(key) {
+            dashmap::Entry::Occupied(mut slot) => {
+                let current = live(slot.get(), now).then_some(slot.get().value.as_str());
+                if current != expected {
+                    return false;
+                }
+                match new {
+                    Some(value) => *slot.get_mut() = Entry { value, expires_ms: expiry(now, ttl) },
+                    None => {
+                        slot.remove();
+                    }
+                }
+                true
+            }
+            dashmap::Entry::Vacant(slot) => {
+                if expected.is_some() {
+                    return false;
+                }
+                if let Some(value) = new {
+                    slot.insert(Entry { value, expires_ms: expiry(now, ttl) });
+                }
+                true
+            }
+        }
+    }
+}
+
+fn live(entry: &Entry, now: u64) -> bool {
+    entry.expires_ms == 0 || entry.expires_ms > now
+}
+
+fn expiry(now: u64, ttl: Duration) -> u64 {
+    if ttl.is_zero() { 0 } else { now + ttl.as_millis() as u64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    static NOW: AtomicU64 = AtomicU64::new(0);
+
+    fn state_at(ms: u64) -> InMemoryState {
+        NOW.store(ms, Ordering::SeqCst);
+        InMemoryState { clock: Some(|| NOW.load(Ordering::SeqCst)), ..InMemoryState::default() }
+    }
+
+    #[test]
+    fn counters_count_per_window_and_remember_the_previous_one() {
+        let state = state_at(10_000);
+        let second = Duration::from_secs(1);
+        assert_eq!(state.counter_incr("p", "k", 1, second).current, 1);
+        let count = state.counter_incr("p", "k", 2, second);
+        assert_eq!((count.current, count.previous, count.remaining), (3, 0, second));
+        assert_eq!(state.counter_incr("other", "k", 1, second).current, 1, "namespaces are apart");
+        NOW.store(11_250, Ordering::SeqCst);
+        let count = state.counter_incr("p", "k", 1, second);
+        assert_eq!((count.current, count.previous), (1, 3));
+        assert_eq!(count.remaining, Duration::from_millis(750));
+        NOW.store(15_000, Ordering::SeqCst);
+        assert_eq!(state.counter_incr("p", "k", 1, second).previous, 0, "a gap forgets the old window");
+    }
+
+    #[test]
+    fn values_expire_and_swap_atomically() {
+        let state = state_at(1_000);
+        state.kv_set("p", "a", "1".into(), Duration::from_millis(500));
+        assert_eq!(state.kv_get("p", "a").as_deref(), Some("1"));
+        assert!(state.kv_get("q", "a").is_none());
+        assert!(!state.kv_compare_and_swap("p", "a", Some("2"), Some("3".into()), Duration::ZERO));
+        assert!(state.kv_compare_and_swap("p", "a", Some("1"), Some("2".into()), Duration::ZERO));
+        assert!(state.kv_compare_and_swap("p", "b", None, Some("x".into()), Duration::from_millis(10)));
+        assert!(!state.kv_compare_and_swap("p", "b", None, Some("y".into()), Duration::ZERO));
+        NOW.store(1_600, Ordering::SeqCst);
+        assert_eq!(state.kv_get("p", "a").as_deref(), Some("2"), "no ttl: still there");
+        assert!(state.kv_get("p", "b").is_none(), "expired");
+        assert!(state.kv_compare_and_swap("p", "b", None, None, Duration::ZERO), "an expired key counts as absent");
+        assert!(state.kv_compare_and_swap("p", "a", Some("2"), None, Duration::ZERO));
+        assert!(state.kv_get("p", "a").is_none());
+    }
+}

@@ -7,13 +7,16 @@
 //!
 //! Start reading at [`proxy`], then [`server`].
 
+pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod forward;
 pub mod local;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod path;
 pub mod plugin;
@@ -23,6 +26,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;
+pub mod watch;
 
 /// Validates the config at `path` and builds everything a snapshot needs, without serving.
 /// Returns a one-line summary.

@@ -29,6 +29,7 @@ use crate::config::{BalancePolicy, HashKey, OnError, RouteConfig, UpstreamProtoc
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::forward::{self, Forwarded};
 use crate::logging;
+use crate::metrics::METRICS;
 use crate::path;
 use crate::plugin::bindings::types;
 use crate::plugin::chain::{self, Chain, Target, Verdict};
@@ -55,7 +56,7 @@ pub struct Downstream {
 /// The facts the access log reports, filled in as the phases run.
 #[derive(Default)]
 struct Trace<'s> {
-    route: Option<&'s str>,
+    route: Option<&'s Arc<str>>,
     backend: Option<&'s str>,
     client: Option<std::net::IpAddr>,
 }
@@ -75,16 +76,17 @@ pub async fn handle(
     let response = match proxy(worker, &snapshot, downstream, request, &mut trace).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::warn!(route = trace.route, error = %error, "request failed");
+            tracing::warn!(route = trace.route.map(|r| &**r), error = %error, "request failed");
             error.response()
         }
     };
+    METRICS.request(trace.route, response.status().as_u16(), started.elapsed());
     if let (Some(method), Some(uri)) = (method, uri) {
         tracing::info!(
             target: logging::ACCESS,
             method = %method,
             path = uri.path(),
-            route = trace.route.unwrap_or("-"),
+            route = trace.route.map_or("-", |r| &**r),
             backend = trace.backend.unwrap_or("-"),
             status = response.status().as_u16(),
             duration_us = started.elapsed().as_micros() as u64,
@@ -110,7 +112,7 @@ async fn proxy<'s>(
         .route(&downstream.listener, host.as_ref().and_then(|h| h.to_str().ok()), request.method(), &normalized)
         .ok_or(ProxyError::NoRoute)?;
     let route = snapshot.route(route_index);
-    trace.route = Some(&route.name);
+    trace.route = Some(&snapshot.route_names[route_index]);
     let trusted = snapshot.listener(&downstream.listener).map_or(&[][..], |l| &l.trusted_proxies[..]);
     let client_ip = forward::client_ip(downstream.peer.ip(), request.headers(), trusted);
     trace.client = Some(client_ip);

@@ -14,29 +14,28 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::sync::{Notify, watch};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, mpsc, watch};
 
+use crate::admin;
 use crate::config::{self, Config};
+use crate::control::{Control, WorkerCommand};
 use crate::local::LocalExec;
 use crate::logging;
-use crate::plugin::PluginRuntime;
 use crate::pool::Pool;
 use crate::proxy::{self, Downstream, Worker};
 use crate::snapshot::Snapshot;
 
-/// A listener socket bound by the control thread and shared by the workers.
-struct BoundListener {
-    name: String,
-    socket: std::net::TcpListener,
-}
-
 /// Loads the config at `path`, serves it with `workers` threads until SIGTERM or ctrl-c, then
-/// drains. Returns once every worker has stopped.
+/// drains. SIGHUP, a changed file or `POST /reload` reloads. Returns once every worker stopped.
 pub fn run(path: &Path, workers: usize) -> anyhow::Result<()> {
     let config = config::load(path)?;
     logging::init(config.log.format);
@@ -44,69 +43,64 @@ pub fn run(path: &Path, workers: usize) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
-    control.block_on(serve(config, workers))
+    control.block_on(serve(path.to_path_buf(), config, workers))
 }
 
-async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
-    let listeners = bind(&config)?;
+async fn serve(path: std::path::PathBuf, config: Config, workers: usize) -> anyhow::Result<()> {
     let drain_timeout = config.server.drain_timeout;
-    let runtime = PluginRuntime::new()?;
-    let snapshot = Snapshot::build(config, 1, &runtime).map_err(anyhow::Error::msg)?;
-    snapshot.spawn_background();
-    let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
+    let admin = config.admin.clone();
     let (stop, stopped) = watch::channel(false);
+    let mut commands = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
-    for id in 0..workers {
-        let sockets = listeners
-            .iter()
-            .map(|l| Ok((l.name.clone(), l.socket.try_clone()?)))
-            .collect::<std::io::Result<Vec<_>>>()
-            .context("cannot share the listening sockets with a worker")?;
-        let (snapshots, stopped) = (snapshots.clone(), stopped.clone());
+    let mut inboxes = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (sender, inbox) = mpsc::unbounded_channel();
+        commands.push(sender);
+        inboxes.push(inbox);
+    }
+    let control = Arc::new(Control::start(path, config, commands)?);
+    for (id, inbox) in inboxes.into_iter().enumerate() {
+        let (snapshots, stopped) = (control.snapshots.clone(), stopped.clone());
         let thread = std::thread::Builder::new()
             .name(format!("sluice-worker-{id}"))
-            .spawn(move || worker(sockets, snapshots, stopped, drain_timeout))
+            .spawn(move || worker(inbox, snapshots, stopped, drain_timeout))
             .context("cannot start a worker thread")?;
         threads.push(thread);
     }
+    let admin_listener = tokio::net::TcpListener::bind(admin.listen)
+        .await
+        .with_context(|| format!("[admin]: cannot listen on {}", admin.listen))?;
+    tracing::info!(listener = "admin", address = %admin_listener.local_addr()?, "listening");
+    let admin_api = tokio::spawn(admin::serve(admin_listener, control.clone(), admin.token));
+    let watcher = tokio::spawn(crate::watch::watch(control.clone()));
     tracing::info!(workers, version = env!("CARGO_PKG_VERSION"), "sluice started");
-    shutdown_signal().await?;
+
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            result = tokio::signal::ctrl_c() => {
+                result.context("cannot watch for ctrl-c")?;
+                break;
+            }
+            _ = hangup.recv() => {
+                let _ = control.reload("SIGHUP").await;
+            }
+        }
+    }
     tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "shutting down: draining requests in flight");
+    control.draining.store(true, Ordering::Relaxed);
+    watcher.abort();
+    control.close_all_listeners();
     let _ = stop.send(true);
-    drop(listeners);
     for thread in threads {
         if let Err(e) = tokio::task::spawn_blocking(move || thread.join()).await {
             tracing::error!(error = %e, "a worker thread could not be joined");
         }
     }
+    admin_api.abort();
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Binds every listener, or fails naming the one that could not be bound.
-fn bind(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
-    config
-        .listeners
-        .iter()
-        .map(|l| {
-            let socket = std::net::TcpListener::bind(l.listen)
-                .with_context(|| format!("listener `{}`: cannot listen on {}", l.name, l.listen))?;
-            socket.set_nonblocking(true)?;
-            let address = socket.local_addr()?;
-            tracing::info!(listener = l.name, address = %address, "listening");
-            Ok(BoundListener { name: l.name.clone(), socket })
-        })
-        .collect()
-}
-
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch for SIGTERM")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        result = tokio::signal::ctrl_c() => result.context("cannot watch for ctrl-c")?,
-    }
     Ok(())
 }
 
@@ -117,11 +111,12 @@ struct Connections {
     all_closed: Notify,
 }
 
-/// One worker thread: accepts on every listener and serves connections until told to stop.
+/// One worker thread: accepts on the listeners the control plane hands it and serves connections
+/// until told to stop, then drains them.
 fn worker(
-    sockets: Vec<(String, std::net::TcpListener)>,
+    mut inbox: mpsc::UnboundedReceiver<WorkerCommand>,
     snapshots: Arc<ArcSwap<Snapshot>>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -139,19 +134,44 @@ fn worker(
         builder.http1().timer(TokioTimer::new());
         builder.http2().timer(TokioTimer::new());
         let builder = Rc::new(builder);
-        for (name, socket) in sockets {
-            let listener = match tokio::net::TcpListener::from_std(socket) {
-                Ok(listener) => listener,
-                Err(e) => {
-                    tracing::error!(listener = name, error = %e, "cannot register the listener with the worker");
-                    continue;
-                }
-            };
-            let (worker, builder, connections, stopped) =
-                (worker.clone(), builder.clone(), connections.clone(), stopped.clone());
-            tokio::task::spawn_local(accept(name, listener, worker, builder, connections, stopped));
+        let mut accepting: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut stop = stopped.clone();
+        loop {
+            tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(WorkerCommand::Listen(name, socket)) => {
+                        let listener = match tokio::net::TcpListener::from_std(socket) {
+                            Ok(listener) => listener,
+                            Err(e) => {
+                                tracing::error!(listener = name, error = %e, "cannot register the listener with the worker");
+                                continue;
+                            }
+                        };
+                        let task = tokio::task::spawn_local(accept(
+                            name.clone(),
+                            listener,
+                            worker.clone(),
+                            builder.clone(),
+                            connections.clone(),
+                            stopped.clone(),
+                        ));
+                        if let Some(previous) = accepting.insert(name, task) {
+                            previous.abort();
+                        }
+                    }
+                    Some(WorkerCommand::Close(name)) => {
+                        if let Some(task) = accepting.remove(&name) {
+                            task.abort();
+                        }
+                    }
+                    None => break,
+                },
+                _ = stop.wait_for(|stop| *stop) => break,
+            }
         }
-        let _ = stopped.wait_for(|stop| *stop).await;
+        for task in accepting.into_values() {
+            task.abort();
+        }
         let drained = tokio::time::timeout(drain_timeout, async {
             while connections.open.get() > 0 {
                 connections.all_closed.notified().await;

@@ -3,6 +3,8 @@
 //! A request takes the current snapshot when it starts and keeps it to its end, so a reload that
 //! swaps in a new snapshot never changes the rules under a request in flight.
 
+use std::sync::Arc;
+
 use crate::config::{Config, ListenerConfig, RouteConfig};
 use crate::plugin::{LoadedPlugin, PluginRuntime};
 use crate::router::Router;
@@ -20,6 +22,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// Parallel to `config.plugins`.
     pub plugins: Vec<LoadedPlugin>,
+    /// Route names, parallel to `config.routes`, shared with metric labels.
+    pub route_names: Vec<Arc<str>>,
 }
 
 impl Snapshot {
@@ -30,7 +34,8 @@ impl Snapshot {
         let plugins = config.plugins.iter().map(|p| runtime.load(p)).collect::<Result<Vec<_>, _>>()?;
         let router = Router::new(&config.routes);
         let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect();
-        Ok(Snapshot { generation, config, router, upstreams, plugins })
+        let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
+        Ok(Snapshot { generation, config, router, upstreams, plugins, route_names })
     }
 
     /// Starts the background work the snapshot needs (DNS re-resolution) on the current runtime;

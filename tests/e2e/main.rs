@@ -6,6 +6,7 @@ mod config;
 mod drain;
 mod errors;
 mod forwarding;
+mod plugins;
 mod protocols;
 mod routing;
 mod streaming;

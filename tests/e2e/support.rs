@@ -132,7 +132,12 @@ impl Gateway {
     /// Starts the gateway with `config` (TOML) and waits until it listens.
     pub fn start(config: &str) -> Gateway {
         let dir = TempDir::new();
-        let path = dir.write("sluice.toml", config);
+        let config = if config.contains("[admin]") {
+            config.to_string()
+        } else {
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}")
+        };
+        let path = dir.write("sluice.toml", &config);
         let mut child = Command::new(SLUICE)
             .args(["run", "-c"])
             .arg(&path)
@@ -141,7 +146,7 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start sluice");
-        let wanted = config.matches("[[listener]]").count();
+        let wanted = config.matches("[[listener]]").count() + 1;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -169,9 +174,17 @@ impl Gateway {
         Gateway { child, listeners, log, _dir: dir }
     }
 
-    /// The address of the only (or the first named `public`) listener.
+    /// The address of the listener named `public`, or else of the only one.
     pub fn addr(&self) -> SocketAddr {
-        self.listeners.get("public").copied().unwrap_or_else(|| *self.listeners.values().next().unwrap())
+        self.listeners
+            .get("public")
+            .copied()
+            .unwrap_or_else(|| *self.listeners.iter().find(|(name, _)| *name != "admin").expect("a listener").1)
+    }
+
+    /// The address of the admin API.
+    pub fn admin(&self) -> SocketAddr {
+        self.listeners["admin"]
     }
 
     /// The log lines written so far.
@@ -325,3 +338,21 @@ pub fn upstream(name: &str, backends: &[&Backend]) -> String {
 
 /// The usual header of a test config: one `public` listener on a free port, access logs on.
 pub const LISTENER: &str = "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n";
+
+/// The path of a plugin component built by `scripts/build-plugins`.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run scripts/build-plugins (scripts/test does) first", path.display());
+    path
+}
+
+/// A `[[plugin]]` block for the testkit plugin in `mode`, with extra `key = value` lines.
+pub fn testkit(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n[plugin.config]\nmode = \"{mode}\"\nname = \"{name}\"\n",
+        plugin_wasm("testkit").display()
+    )
+}

@@ -79,18 +79,19 @@ impl<'s> Chain<'s> {
                 tls: None,
                 context: &context,
             };
-            let outcome = plugin.call(|hooks, store| hooks.call_on_request(store, view)).and_then(|outcome| {
-                let changes = RequestChanges::validate(outcome.changes)?;
-                let respond = match outcome.action {
-                    RequestAction::Continue => None,
-                    RequestAction::Respond(response) => Some(plugin_response(response)?),
-                    RequestAction::NotImplemented => {
-                        plugin.mark_unimplemented(Hook::OnRequest);
-                        None
-                    }
-                };
-                Ok((changes, respond))
-            });
+            let outcome =
+                plugin.call(Hook::OnRequest, |hooks, store| hooks.call_on_request(store, view)).and_then(|outcome| {
+                    let changes = RequestChanges::validate(outcome.changes)?;
+                    let respond = match outcome.action {
+                        RequestAction::Continue => None,
+                        RequestAction::Respond(response) => Some(plugin_response(response)?),
+                        RequestAction::NotImplemented => {
+                            plugin.mark_unimplemented(Hook::OnRequest);
+                            None
+                        }
+                    };
+                    Ok((changes, respond))
+                });
             match outcome {
                 Ok((changes, respond)) => {
                     changes.apply(parts, target, &mut self.context);
@@ -130,19 +131,20 @@ impl<'s> Chain<'s> {
                 route: self.route,
                 context: &context,
             };
-            let outcome = plugin.call(|hooks, store| hooks.call_on_response(store, view)).and_then(|outcome| {
-                let status = outcome.changes.status.map(status_code).transpose()?;
-                let ops = validate_ops(outcome.changes.headers)?;
-                let replace = match outcome.action {
-                    ResponseAction::Continue => None,
-                    ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
-                    ResponseAction::NotImplemented => {
-                        plugin.mark_unimplemented(Hook::OnResponse);
-                        None
-                    }
-                };
-                Ok((status, ops, outcome.changes.context, replace))
-            });
+            let outcome =
+                plugin.call(Hook::OnResponse, |hooks, store| hooks.call_on_response(store, view)).and_then(|outcome| {
+                    let status = outcome.changes.status.map(status_code).transpose()?;
+                    let ops = validate_ops(outcome.changes.headers)?;
+                    let replace = match outcome.action {
+                        ResponseAction::Continue => None,
+                        ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
+                        ResponseAction::NotImplemented => {
+                            plugin.mark_unimplemented(Hook::OnResponse);
+                            None
+                        }
+                    };
+                    Ok((status, ops, outcome.changes.context, replace))
+                });
             match outcome {
                 Ok((status, ops, context, replace)) => {
                     if let Some(replacement) = replace {
@@ -196,7 +198,7 @@ pub fn select_backend(
         tls: None,
         context: &[],
     };
-    match plugin.call(|hooks, store| hooks.call_select_backend(store, view, backends))? {
+    match plugin.call(Hook::SelectBackend, |hooks, store| hooks.call_select_backend(store, view, backends))? {
         Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),
         Selection::Backend(index) => Err(PluginFailure::Invalid(format!(
             "select-backend chose index {index} of {} healthy backends",

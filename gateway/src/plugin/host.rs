@@ -1,16 +1,13 @@
 //! What a plugin instance can reach: the `host` interface of the WIT, and an empty WASI.
 //!
 //! Every instance's store carries a [`HostState`]: the plugin's name (for logs and as the
-//! namespace of its shared state), its memory limit, and a WASI context that grants nothing (no
-//! files, sockets, environment or arguments) so that guests built for wasip2 link, and a guest's
-//! panic message reaches the gateway's stderr.
+//! namespace of its shared state), its memory limit, and the line buffer of what the guest writes
+//! to stdout or stderr (see `wasi`), which goes to the log a line at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, Level, WindowCount};
 use super::bindings::types;
@@ -22,8 +19,7 @@ pub struct HostState {
     plugin: Arc<str>,
     state: Arc<dyn SharedState>,
     pub(super) limits: StoreLimits,
-    wasi: WasiCtx,
-    table: ResourceTable,
+    output: Vec<u8>,
 }
 
 impl HostState {
@@ -36,15 +32,35 @@ impl HostState {
                 .memory_size(memory_mb as usize * 1024 * 1024)
                 .trap_on_grow_failure(true)
                 .build(),
-            wasi: WasiCtx::builder().inherit_stderr().build(),
-            table: ResourceTable::new(),
+            output: Vec::new(),
         }
     }
-}
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    /// Takes what the guest wrote to stdout or stderr; complete lines go to the log.
+    pub(super) fn write_output(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
+        while let Some(end) = self.output.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.output.drain(..=end).collect();
+            self.log_output(&line[..end]);
+        }
+        if self.output.len() > 16 * 1024 {
+            self.flush_output();
+        }
+    }
+
+    /// Logs whatever the guest wrote that is not yet a complete line.
+    pub(super) fn flush_output(&mut self) {
+        if !self.output.is_empty() {
+            let rest = std::mem::take(&mut self.output);
+            self.log_output(&rest);
+        }
+    }
+
+    fn log_output(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        if !line.trim().is_empty() {
+            tracing::warn!(plugin = &*self.plugin, "{}", line.trim_end());
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use super::host::HostState;
 use super::limits::{EPOCH_TICK, INIT_TIMEOUT, MAX_IDLE_PER_WORKER};
 use super::state::SharedState;
 use crate::config::{Isolation, PluginConfig};
+use crate::metrics::METRICS;
 
 /// The hooks, for bookkeeping of which ones a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,21 @@ impl LoadedPlugin {
     /// plugin's deadline. A failed instance is dropped, never pooled again.
     pub fn call<R>(
         &self,
+        hook: Hook,
+        call: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
+        let result = self.call_instance(call);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(PluginFailure::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        METRICS.plugin_call(&self.name, hook.name(), outcome);
+        result
+    }
+
+    fn call_instance<R>(
+        &self,
         hook: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         let pooled = self.config.isolation == Isolation::Pooled;
@@ -184,6 +200,6 @@ fn ticks(deadline: std::time::Duration) -> u64 {
 fn failure(error: &wasmtime::Error, deadline: std::time::Duration) -> PluginFailure {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginFailure::Timeout { timeout_ms: deadline.as_millis() as u64 },
-        _ => PluginFailure::Trap(format!("{error:#}").lines().next().unwrap_or_default().to_string()),
+        _ => PluginFailure::Trap(error.root_cause().to_string()),
     }
 }

@@ -13,6 +13,7 @@ mod instance;
 pub mod limits;
 mod runtime;
 pub mod state;
+mod wasi;
 
 pub use instance::{Hook, LoadedPlugin, PluginFailure};
 pub use runtime::PluginRuntime;

@@ -6,11 +6,12 @@
 //! checked and one instance runs `init`, so a plugin whose init fails is refused at load with its
 //! own message.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::PluginPre;
@@ -27,9 +28,10 @@ pub const CONTRACT: &str = "sluice:plugin@0.1";
 #[derive(Clone)]
 pub struct PluginRuntime {
     engine: Engine,
-    linker: Arc<Linker<HostState>>,
     state: Arc<dyn SharedState>,
     cache_dir: Option<PathBuf>,
+    /// Components by the SHA-256 of their Wasm, so a reload compiles only what changed.
+    compiled: Arc<Mutex<HashMap<String, Component>>>,
 }
 
 impl PluginRuntime {
@@ -45,13 +47,6 @@ impl PluginRuntime {
         let mut config = Config::new();
         config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
-        super::bindings::Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| anyhow::anyhow!("cannot link the host interface: {e}"))?;
         let ticker = engine.weak();
         std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
             while let Some(engine) = ticker.upgrade() {
@@ -62,9 +57,9 @@ impl PluginRuntime {
         })?;
         Ok(PluginRuntime {
             engine,
-            linker: Arc::new(linker),
             state: Arc::new(InMemoryState::default()),
             cache_dir: cache_dir(),
+            compiled: Arc::default(),
         })
     }
 
@@ -78,16 +73,34 @@ impl PluginRuntime {
         }
         let wasm = std::fs::read(&config.path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
         let sha256 = hex(&Sha256::digest(&wasm));
-        let component = self.compile(&wasm, &sha256).map_err(|e| fail(format!("not a valid Wasm component: {e}")))?;
+        let known = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&sha256).cloned();
+        let component = match known {
+            Some(component) => component,
+            None => {
+                let component =
+                    self.compile(&wasm, &sha256).map_err(|e| fail(format!("not a valid Wasm component: {e}")))?;
+                self.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(sha256.clone(), component.clone());
+                component
+            }
+        };
         check_contract(&self.engine, &component).map_err(fail)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(PluginPre::new)
-            .map_err(|e| fail(format!("cannot be linked: {e}")))?;
+        let pre = self.link(&component).map_err(|e| fail(format!("cannot be linked: {e}")))?;
         let plugin = LoadedPlugin::new(config.clone(), sha256, self.engine.clone(), pre, self.state.clone());
         plugin.check_init().map_err(|e| fail(e.to_string()))?;
         Ok(plugin)
+    }
+
+    /// Links a component against the host interface and the empty WASI it imports.
+    fn link(&self, component: &Component) -> wasmtime::Result<PluginPre<HostState>> {
+        let mut linker = Linker::new(&self.engine);
+        super::bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+        super::wasi::add_to_linker(&mut linker, &self.engine, component)?;
+        PluginPre::new(linker.instantiate_pre(component)?)
+    }
+
+    /// Forgets compiled components other than `kept` (by SHA-256), once a reload no longer needs them.
+    pub fn retain_compiled(&self, kept: &[&str]) {
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner()).retain(|sha, _| kept.contains(&sha.as_str()));
     }
 
     /// Compiles `wasm`, or loads the code compiled for the same bytes from the disk cache.

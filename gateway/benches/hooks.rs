@@ -1,0 +1,119 @@
+//! What a plugin costs per request: one hook call on a pooled instance against the same logic
+//! compiled natively, in the same run.
+//!
+//! The plugin is `tests/plugins/testkit` built by `scripts/build-plugins`: in `bench` mode its
+//! on-request reads `user-agent` and `accept` and sets `x-bench`; in `select` mode its
+//! select-backend picks the backend whose zone is the request's `x-zone`.
+//!
+//! Run: `scripts/build-plugins && cargo bench -p sluice --bench hooks`.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request};
+use sluice::config::{Isolation, OnError, PluginConfig};
+use sluice::plugin::bindings::types::Backend;
+use sluice::plugin::chain::{self, Chain, Target};
+use sluice::plugin::{LoadedPlugin, PluginRuntime};
+
+fn main() {
+    divan::main();
+}
+
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+static RUNTIME: LazyLock<PluginRuntime> = LazyLock::new(|| PluginRuntime::new().expect("the Wasm engine starts"));
+
+fn plugin(mode: &str) -> LoadedPlugin {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release/testkit.wasm");
+    assert!(path.exists(), "{} is missing: run scripts/build-plugins first", path.display());
+    let config = PluginConfig {
+        name: format!("bench-{mode}"),
+        path,
+        on_error: OnError::Deny,
+        timeout: Duration::from_millis(20),
+        memory_mb: 16,
+        isolation: Isolation::Pooled,
+        config: serde_json::json!({ "mode": mode }),
+    };
+    RUNTIME.load(&config).expect("the bench plugin loads")
+}
+
+/// A typical small API request.
+fn request() -> http::request::Parts {
+    Request::get("/api/users?page=2")
+        .header("host", "api.example.com")
+        .header("user-agent", "curl/8.5.0")
+        .header("accept", "application/json")
+        .header("x-zone", "green")
+        .header("x-request-id", "7f3a9c2e4b1d4e8f9a0b1c2d3e4f5a6b")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+#[divan::bench]
+fn on_request_wasm(bencher: divan::Bencher) {
+    let plugin = plugin("bench");
+    let mut parts = request();
+    bencher.bench_local(|| {
+        let mut chain = Chain::new(vec![&plugin], "api");
+        let mut target = Target { path: Cow::Borrowed("/api/users"), query: Some(Cow::Borrowed("page=2")) };
+        let verdict = chain.on_request(&mut parts, &mut target, CLIENT);
+        assert!(matches!(verdict, Ok(chain::Verdict::Continue)));
+    });
+    assert_eq!(parts.headers["x-bench"], "1");
+}
+
+/// The same logic as the bench plugin's on-request, native.
+#[inline(never)]
+fn native_on_request(headers: &mut HeaderMap) {
+    let agent = headers.get("user-agent").map(|v| v.to_str().unwrap_or_default().to_owned());
+    let accept = headers.get("accept").map(|v| v.to_str().unwrap_or_default().to_owned());
+    divan::black_box((agent, accept));
+    headers.insert("x-bench", HeaderValue::from_static("1"));
+}
+
+#[divan::bench]
+fn on_request_native(bencher: divan::Bencher) {
+    let mut parts = request();
+    bencher.bench_local(|| native_on_request(divan::black_box(&mut parts.headers)));
+}
+
+fn backends() -> [Backend<'static>; 3] {
+    [
+        Backend { address: "10.0.0.1:8080", weight: 1, zone: "blue" },
+        Backend { address: "10.0.0.2:8080", weight: 1, zone: "green" },
+        Backend { address: "10.0.0.3:8080", weight: 2, zone: "red" },
+    ]
+}
+
+#[divan::bench]
+fn select_backend_wasm(bencher: divan::Bencher) {
+    let plugin = plugin("select");
+    let parts = request();
+    let target = Target { path: Cow::Borrowed("/api/users"), query: None };
+    let backends = backends();
+    bencher.bench_local(|| {
+        let choice = chain::select_backend(&plugin, &parts.method, &parts.headers, &target, CLIENT, "api", &backends);
+        assert_eq!(choice.ok(), Some(Some(1)));
+    });
+}
+
+/// The same logic as the select plugin, native.
+#[inline(never)]
+fn native_select(headers: &HeaderMap, backends: &[Backend<'_>]) -> Option<usize> {
+    let zone = headers.get("x-zone")?.to_str().ok()?.to_owned();
+    backends.iter().position(|b| b.zone == zone)
+}
+
+#[divan::bench]
+fn select_backend_native(bencher: divan::Bencher) {
+    let parts = request();
+    let backends = backends();
+    bencher.bench_local(|| native_select(divan::black_box(&parts.headers), &backends));
+}

@@ -1,0 +1,63 @@
+//! Reload on file change: the config file and every plugin file it names are watched.
+//!
+//! Editors and build tools replace files in several steps (write a temporary, rename, touch), so
+//! events are debounced: a reload starts once the files have been quiet for a moment. The folders
+//! are watched rather than the files, since a replaced file is a new inode.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::control::Control;
+
+/// How long the files must be quiet before a reload starts.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Watches the files of the current config and reloads when any changes; runs until dropped.
+pub async fn watch(control: Arc<Control>) {
+    let (changed, mut changes) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !event.kind.is_access()
+        {
+            for path in event.paths {
+                let _ = changed.send(path);
+            }
+        }
+    }) {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch files; reload with SIGHUP or POST /reload");
+            return;
+        }
+    };
+    let mut files = watch_folders(&mut watcher, &control.watched_files(), &HashSet::new());
+    while let Some(path) = changes.recv().await {
+        if !files.contains(&path) {
+            continue;
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        while changes.try_recv().is_ok() {}
+        if control.reload("file change").await.is_ok() {
+            files = watch_folders(&mut watcher, &control.watched_files(), &files);
+        }
+    }
+}
+
+/// Watches the folders of `files` (those not watched yet) and returns the files to react to.
+fn watch_folders(watcher: &mut RecommendedWatcher, files: &[PathBuf], before: &HashSet<PathBuf>) -> HashSet<PathBuf> {
+    let files: HashSet<PathBuf> = files.iter().map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())).collect();
+    let watched: HashSet<PathBuf> = before.iter().filter_map(|f| f.parent().map(PathBuf::from)).collect();
+    for folder in files.iter().filter_map(|f| f.parent()) {
+        if !watched.contains(folder)
+            && let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(folder = %folder.display(), error = %e, "cannot watch a folder for changes");
+        }
+    }
+    files
+}

@@ -1,0 +1,216 @@
+//! Wasm plugins through a real gateway: changes, short-circuits, context, balancing, sandbox limits.
+
+use std::time::{Duration, Instant};
+
+use http::Request;
+
+use crate::support::*;
+
+/// A route `r` on upstream `u` (the given backends) through `plugins`, after the plugin blocks.
+fn config(plugins: &[String], chain: &[&str], backends: &[&Backend], route_extra: &str) -> String {
+    let names: Vec<String> = chain.iter().map(|n| format!("\"{n}\"")).collect();
+    format!(
+        "{LISTENER}\n{}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [{}]\n{route_extra}\n",
+        plugins.join("\n"),
+        upstream("u", backends),
+        names.join(", ")
+    )
+}
+
+fn get_with(host_path: &str, headers: &[(&str, &str)]) -> Request<BoxBody> {
+    let mut request = Request::get(host_path).header("host", "plugins.test");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(full("")).unwrap()
+}
+
+#[tokio::test]
+async fn plugins_change_requests_and_responses_and_share_the_request_context() {
+    let backend = Backend::named("backend").await;
+    let plugins = [testkit("a", "tag", ""), testkit("b", "tag", "")];
+    let gateway = Gateway::start(&config(&plugins, &["a", "b"], &[&backend], ""));
+    let mut client = Client::connect(gateway.addr()).await;
+    for _ in 0..2 {
+        let reply = client.send(get_with("/x", &[])).await;
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "backend"));
+        let seen = backend.last();
+        assert_eq!(seen.headers["x-tag-a"], "a");
+        assert_eq!(seen.headers["x-tag-b"], "b");
+        assert_eq!(reply.headers["x-seen-a"], "200");
+        assert_eq!(reply.headers["x-seen-b"], "200");
+        // b read what a wrote, and both see the whole trail in on-response; the second request
+        // starts with an empty context again.
+        assert_eq!(reply.headers["x-trail-a"], "a,b");
+        assert_eq!(reply.headers["x-trail-b"], "a,b");
+    }
+}
+
+#[tokio::test]
+async fn a_short_circuit_is_seen_by_every_plugin_that_ran_and_never_reaches_the_backend() {
+    let backend = Backend::named("backend").await;
+    let plugins = [testkit("a", "tag", ""), testkit("b", "tag", ""), testkit("c", "tag", "")];
+    let gateway = Gateway::start(&config(&plugins, &["a", "b", "c"], &[&backend], ""));
+    let reply = Client::connect(gateway.addr()).await.send(get_with("/x", &[("x-respond-b", "403")])).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body, "responded by b");
+    assert_eq!(reply.headers["x-responded-by"], "b");
+    assert_eq!(reply.headers["x-seen-b"], "403");
+    assert_eq!(reply.headers["x-seen-a"], "403");
+    assert!(!reply.headers.contains_key("x-seen-c"), "c's on-request never ran, so its on-response does not");
+    assert!(backend.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_plugin_rewrites_the_path_and_select_backend_chooses_by_header() {
+    let (blue, green) = (Backend::named("blue").await, Backend::named("green").await);
+    let plugins = [
+        testkit("rewrite", "tag", "").replace("mode = \"tag\"", "mode = \"tag\"\nrewrite_path = \"/rewritten\""),
+        testkit("zones", "select", ""),
+    ];
+    let config = format!(
+        "{LISTENER}\n{}\n[[upstream]]\nname = \"zoned\"\nbalance = {{ plugin = \"zones\" }}\nbackends = [{{ address = \"{}\", zone = \"blue\" }}, {{ address = \"{}\", zone = \"green\" }}]\n\n[[route]]\nname = \"r\"\nupstream = \"zoned\"\nplugins = [\"rewrite\"]\n",
+        plugins.join("\n"),
+        blue.addr,
+        green.addr
+    );
+    let gateway = Gateway::start(&config);
+    let mut client = Client::connect(gateway.addr()).await;
+    for _ in 0..3 {
+        assert_eq!(client.send(get_with("/original?q=1", &[("x-zone", "green")])).await.body, "green");
+        assert_eq!(client.send(get_with("/original", &[("x-zone", "blue")])).await.body, "blue");
+    }
+    assert_eq!(green.last().uri, "/rewritten?q=1");
+    let mut others: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        others.push(client.send(get_with("/", &[])).await.body);
+    }
+    others.sort();
+    assert_eq!(others, ["blue", "blue", "green", "green"], "without a zone the upstream's round robin decides");
+}
+
+#[tokio::test]
+async fn sandbox_limits_fail_only_the_request_that_broke_them() {
+    let backend = Backend::named("ok").await;
+    let fine = Backend::named("fine").await;
+    let plugins = [
+        testkit("loop", "loop", "timeout_ms = 50"),
+        testkit("hog", "hog", "memory_mb = 8"),
+        testkit("trap", "trap", ""),
+        testkit("lenient", "trap", "on_error = \"allow\""),
+    ];
+    let config = format!(
+        "{LISTENER}\n{}\n{}{}\n{}\n",
+        plugins.join("\n"),
+        upstream("u", &[&backend]),
+        upstream("f", &[&fine]),
+        [("loop", "/loop"), ("hog", "/hog"), ("trap", "/trap"), ("lenient", "/lenient")]
+            .iter()
+            .map(|(plugin, prefix)| format!(
+                "[[route]]\nname = \"{plugin}\"\npath_prefix = \"{prefix}\"\nupstream = \"u\"\nplugins = [\"{plugin}\"]\n"
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n[[route]]\nname = \"fine\"\nupstream = \"f\"\n"
+    );
+    let gateway = Gateway::start(&config);
+    let addr = gateway.addr();
+
+    // An endless loop: 500 at the deadline, while other requests keep being answered.
+    let started = Instant::now();
+    let looping =
+        tokio::spawn(async move { Client::connect(addr).await.send(get_with("/loop", &[("x-loop", "1")])).await });
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        others.push(tokio::spawn(async move { get(addr, "x", "/other").await }));
+    }
+    for other in others {
+        let reply = other.await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "fine"));
+    }
+    let reply = looping.await.unwrap();
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.body, r#"{"error":"a plugin failed on this request"}"#);
+    assert!(started.elapsed() < Duration::from_secs(2), "the loop was stopped at its deadline");
+    gateway.wait_for_log("ran past its 50 ms deadline");
+
+    let mut client = Client::connect(addr).await;
+    for (path, trigger, log) in [("/hog", "x-hog", "plugin=\"hog\""), ("/trap", "x-trap", "plugin=\"trap\"")] {
+        let reply = client.send(get_with(path, &[(trigger, "1")])).await;
+        assert_eq!(reply.status, 500, "{path}");
+        gateway.wait_for_log(log);
+        // The broken instance was thrown away: the plugin serves the next request.
+        let reply = client.send(get_with(path, &[])).await;
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"), "{path} after a failure");
+    }
+    let reply = client.send(get_with("/loop", &[])).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+
+    // on_error = "allow": the failing plugin is skipped.
+    let reply = client.send(get_with("/lenient", &[("x-trap", "1")])).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+    assert!(
+        backend.seen().iter().all(|s| !s.headers.contains_key("x-hog")),
+        "a failed request never reaches the backend"
+    );
+}
+
+#[tokio::test]
+async fn shared_counters_span_instances_and_in_flight_requests_do_not_multiply_instances() {
+    let slow = Backend::start(|_req| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        http::Response::new(full("slow"))
+    })
+    .await;
+    let plugins = [testkit("count", "counter", ""), testkit("fresh", "counter", "isolation = \"fresh\"")];
+    let config = format!(
+        "{LISTENER}\n{}\n{}\n[[route]]\nname = \"pooled\"\npath_prefix = \"/pooled\"\nupstream = \"u\"\nplugins = [\"count\"]\n\n[[route]]\nname = \"fresh\"\npath_prefix = \"/fresh\"\nupstream = \"u\"\nplugins = [\"fresh\"]\n",
+        plugins.join("\n"),
+        upstream("u", &[&slow])
+    );
+    let gateway = Gateway::start(&config);
+    let addr = gateway.addr();
+    let requests: Vec<_> = (0..500).map(|_| tokio::spawn(async move { get(addr, "x", "/pooled").await })).collect();
+    let mut counts = Vec::new();
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, 200);
+        counts.push(reply.headers["x-count"].to_str().unwrap().parse::<u64>().unwrap());
+    }
+    counts.sort();
+    assert_eq!(counts, (1..=500).collect::<Vec<_>>(), "one counter shared by every instance");
+    let inits: u64 = get(addr, "x", "/pooled").await.headers["x-inits"].to_str().unwrap().parse().unwrap();
+    assert!(inits <= 3, "500 requests in flight used {inits} instances: at most one per worker plus the load check");
+
+    // A new instance per call still shares the counter.
+    for expected in 1..=3u64 {
+        let reply = get(addr, "x", "/fresh").await;
+        assert_eq!(reply.headers["x-count"], expected.to_string().as_str());
+    }
+}
+
+#[test]
+fn plugins_that_cannot_serve_are_refused_at_load() {
+    let dir = TempDir::new();
+    let failing = format!(
+        "{LISTENER}\n{}\n[[upstream]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n",
+        testkit("bad", "init-fail", "")
+    );
+    let incompatible =
+        format!("{LISTENER}\n[[plugin]]\nname = \"old\"\npath = \"{}\"\n", plugin_wasm("incompatible").display());
+    let missing = format!("{LISTENER}\n[[plugin]]\nname = \"gone\"\npath = \"nowhere.wasm\"\n");
+    for (config, expected) in [
+        (failing, "plugin `bad`"),
+        (incompatible, "built against contract sluice:plugin@9.0.0, but this gateway implements sluice:plugin@0.1.x"),
+        (missing, "plugin `gone`"),
+    ] {
+        let path = dir.write("gateway.toml", &config);
+        let output = std::process::Command::new(SLUICE).args(["check", "-c"]).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
+    }
+    let path = dir.write("gateway.toml", &format!("{LISTENER}\n{}\n", testkit("bad", "init-fail", "")));
+    let output = std::process::Command::new(SLUICE).args(["check", "-c"]).arg(&path).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("init failed: testkit init refused: bad config"));
+}

@@ -99,7 +99,8 @@ fn select_backend_wasm(bencher: divan::Bencher) {
     let target = Target { path: Cow::Borrowed("/api/users"), query: None };
     let backends = backends();
     bencher.bench_local(|| {
-        let choice = chain::select_backend(&plugin, &parts.method, &parts.headers, &target, CLIENT, "api", &backends);
+        let choice =
+            chain::select_backend(&plugin, &parts.method, &parts.headers, &target, CLIENT, "api", &[], &backends);
         assert_eq!(choice.ok(), Some(Some(1)));
     });
 }

@@ -125,7 +125,8 @@ async fn proxy<'s>(
         Verdict::Respond(response) => response,
         // Phase: the backend. Its failures are answers that on-response still sees.
         Verdict::Continue => {
-            let exchange = Exchange { snapshot, route, uri: &uri, host, client_ip, trusted, target };
+            let context = chain.context();
+            let exchange = Exchange { snapshot, route, uri: &uri, host, client_ip, trusted, target, context };
             match forward_to_backend(worker, downstream, exchange, parts, body, trace).await {
                 Ok(response) => response,
                 Err(ProxyError::Plugin { plugin, failure }) => return Err(ProxyError::Plugin { plugin, failure }),
@@ -151,6 +152,7 @@ struct Exchange<'s, 'u> {
     client_ip: IpAddr,
     trusted: &'s [crate::net::Cidr],
     target: Target<'u>,
+    context: &'u [(String, String)],
 }
 
 /// Applies the forwarding rules, picks a backend and calls it.
@@ -162,7 +164,7 @@ async fn forward_to_backend<'s>(
     body: Incoming,
     trace: &mut Trace<'s>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let Exchange { snapshot, route, uri, host, client_ip, trusted, target } = exchange;
+    let Exchange { snapshot, route, uri, host, client_ip, trusted, target, context } = exchange;
     let upstream = &snapshot.upstreams[route.upstream];
 
     // Forwarding rules.
@@ -188,7 +190,7 @@ async fn forward_to_backend<'s>(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
     // Pick a backend.
-    let lease = pick_backend(snapshot, upstream, &request, &target, client_ip, route)?;
+    let lease = pick_backend(snapshot, upstream, &request, &target, client_ip, route, context)?;
     let backend = &upstream.backends[lease.index()];
     trace.backend = Some(&backend.config.address);
 
@@ -269,6 +271,7 @@ fn pick_backend(
     target: &Target<'_>,
     client_ip: IpAddr,
     route: &RouteConfig,
+    context: &[(String, String)],
 ) -> Result<Lease, ProxyError> {
     let healthy = |i: usize| upstream.backends[i].is_healthy();
     let hash = match &upstream.config.balance {
@@ -300,6 +303,7 @@ fn pick_backend(
                 target,
                 client_ip,
                 &route.name,
+                context,
                 &backends,
             ) {
                 Ok(Some(choice)) => return Ok(upstream.balancer.lease(offered[choice])),

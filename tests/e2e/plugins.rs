@@ -162,7 +162,13 @@ async fn shared_counters_span_instances_and_in_flight_requests_do_not_multiply_i
         http::Response::new(full("slow"))
     })
     .await;
-    let plugins = [testkit("count", "counter", ""), testkit("fresh", "counter", "isolation = \"fresh\"")];
+    // A window that never rolls over, so the counts cannot restart mid-test.
+    let forever = "window_ms = 9223372036854775807";
+    let plugins = [
+        testkit("count", "counter", "").replace("mode = \"counter\"", &format!("mode = \"counter\"\n{forever}")),
+        testkit("fresh", "counter", "isolation = \"fresh\"")
+            .replace("mode = \"counter\"", &format!("mode = \"counter\"\n{forever}")),
+    ];
     let config = format!(
         "{LISTENER}\n{}\n{}\n[[route]]\nname = \"pooled\"\npath_prefix = \"/pooled\"\nupstream = \"u\"\nplugins = [\"count\"]\n\n[[route]]\nname = \"fresh\"\npath_prefix = \"/fresh\"\nupstream = \"u\"\nplugins = [\"fresh\"]\n",
         plugins.join("\n"),

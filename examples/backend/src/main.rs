@@ -26,9 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: demo-backend NAME ADDR, e.g. demo-backend api-1 127.0.0.1:9001".into());
     };
     let addr: SocketAddr = addr.parse().map_err(|e| format!("`{addr}`: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let mut terminate = signal(SignalKind::terminate())?;
     say(&format!("demo-backend {name}: listening on {addr}"));
     loop {
@@ -41,9 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let service = hyper::service::service_fn(move |request| echo(name.clone(), request));
         tokio::spawn(async move {
             // A client that goes away mid-request is not our problem: nothing to report.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
     // Leaving main drops the runtime, which closes the open (idle keep-alive) connections.

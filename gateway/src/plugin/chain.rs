@@ -111,6 +111,11 @@ impl<'s> Chain<'s> {
         Ok(verdict)
     }
 
+    /// The request context as the plugins have left it so far.
+    pub fn context(&self) -> &[(String, String)] {
+        &self.context
+    }
+
     /// Runs on-response of every plugin whose on-request ran, in reverse order.
     pub fn on_response(&mut self, response: &mut Response<ResponseBody>) -> Result<(), ProxyError> {
         let empty = (String::new(), String::new(), Vec::new());
@@ -181,12 +186,14 @@ pub fn select_backend(
     target: &Target<'_>,
     client_ip: IpAddr,
     route: &str,
+    context: &[(String, String)],
     backends: &[types::Backend<'_>],
 ) -> Result<Option<usize>, PluginFailure> {
     if !plugin.implements(Hook::SelectBackend) {
         return Ok(None);
     }
     let headers = fields::encode_headers(headers);
+    let context = fields::encode_pairs(context);
     let client_ip = client_ip.to_string();
     let view = types::Request {
         method: method.as_str(),
@@ -196,7 +203,7 @@ pub fn select_backend(
         client_ip: &client_ip,
         route,
         tls: None,
-        context: &[],
+        context: &context,
     };
     match plugin.call(Hook::SelectBackend, |hooks, store| hooks.call_select_backend(store, view, backends))? {
         Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),

@@ -1,0 +1,239 @@
+//! The `fields` codec: name/value pairs in one flat byte list, as the WIT file defines them.
+//!
+//! Each entry is `name length (u32 LE)`, `name`, `value length (u32 LE)`, `value`. The host sends
+//! request headers, response headers and the request context this way, so they cross into the
+//! plugin as one copy. [`Fields`] keeps that buffer as it came and reads it in place; a change
+//! rewrites the buffer, so later reads in the same hook see it. Header lists are short, so a
+//! linear scan beats building a map the hook may never use.
+//!
+//! A malformed buffer (a length running past the end) is read up to the last whole entry; the
+//! codec never panics.
+
+use std::fmt;
+
+/// How names compare: header names ignore ASCII case, context keys do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Names {
+    /// Header names: ASCII case-insensitive.
+    CaseInsensitive,
+    /// Context keys: exact.
+    Exact,
+}
+
+impl Names {
+    fn matches(self, stored: &[u8], wanted: &[u8]) -> bool {
+        match self {
+            Names::CaseInsensitive => stored.eq_ignore_ascii_case(wanted),
+            Names::Exact => stored == wanted,
+        }
+    }
+}
+
+/// A list of name/value pairs in the flat `fields` encoding.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Fields {
+    buf: Vec<u8>,
+    names: Names,
+}
+
+impl Fields {
+    /// Wraps a buffer received from the host, without decoding it.
+    pub(crate) fn from_bytes(buf: Vec<u8>, names: Names) -> Self {
+        Fields { buf, names }
+    }
+
+    /// An empty list.
+    pub(crate) fn new(names: Names) -> Self {
+        Fields::from_bytes(Vec::new(), names)
+    }
+
+    /// The encoded bytes.
+    #[cfg(test)]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The encoded bytes, for the host.
+    #[cfg(test)]
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// Every entry, in order.
+    pub(crate) fn iter(&self) -> Iter<'_> {
+        Iter { rest: &self.buf }
+    }
+
+    /// Every value stored under `name`, in order.
+    pub(crate) fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+        let names = self.names;
+        self.iter().filter(move |(n, _)| names.matches(n, name.as_bytes())).map(|(_, v)| v)
+    }
+
+    /// The first value stored under `name`.
+    pub(crate) fn first(&self, name: &str) -> Option<&[u8]> {
+        self.values(name).next()
+    }
+
+    /// The first value stored under `name`, if it is UTF-8.
+    pub(crate) fn first_str(&self, name: &str) -> Option<&str> {
+        self.first(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Adds an entry at the end, keeping the existing ones.
+    pub(crate) fn append(&mut self, name: &[u8], value: &[u8]) {
+        let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len())) else {
+            // Over 4 GiB: cannot be encoded, and cannot have come from the host either.
+            return;
+        };
+        self.buf.reserve(8 + name.len() + value.len());
+        self.buf.extend_from_slice(&name_len.to_le_bytes());
+        self.buf.extend_from_slice(name);
+        self.buf.extend_from_slice(&value_len.to_le_bytes());
+        self.buf.extend_from_slice(value);
+    }
+
+    /// Removes every entry stored under `name`.
+    pub(crate) fn remove(&mut self, name: &str) {
+        if self.first(name).is_none() {
+            return;
+        }
+        let mut kept = Fields::new(self.names);
+        kept.buf.reserve(self.buf.len());
+        for (n, v) in self.iter() {
+            if !self.names.matches(n, name.as_bytes()) {
+                kept.append(n, v);
+            }
+        }
+        *self = kept;
+    }
+
+    /// Replaces every entry stored under `name` with one entry holding `value`.
+    pub(crate) fn set(&mut self, name: &str, value: &[u8]) {
+        self.remove(name);
+        self.append(name.as_bytes(), value);
+    }
+}
+
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v))))
+            .finish()
+    }
+}
+
+/// The entries of a [`Fields`] buffer, read in place.
+pub(crate) struct Iter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iter<'a> {
+    fn chunk(&mut self) -> Option<&'a [u8]> {
+        let (len, after) = self.rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+        if after.len() < len {
+            return None;
+        }
+        let (chunk, rest) = after.split_at(len);
+        self.rest = rest;
+        Some(chunk)
+    }
+}
+
+impl<'a> Iter<'a> {
+    fn entry(&mut self) -> Option<(&'a [u8], &'a [u8])> {
+        let name = self.chunk()?;
+        let value = self.chunk()?;
+        Some((name, value))
+    }
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entry = self.entry();
+        if entry.is_none() {
+            // Malformed or finished: stop for good.
+            self.rest = &[];
+        }
+        entry
+    }
+}
+
+/// Encodes string pairs (used by the test builders).
+pub(crate) fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, names: Names) -> Fields {
+    let mut fields = Fields::new(names);
+    for (n, v) in pairs {
+        fields.append(n.as_bytes(), v.as_bytes());
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(f: &Fields) -> Vec<(String, String)> {
+        f.iter()
+            .map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn encodes_little_endian_lengths_then_bytes() {
+        let f = encode([("ab", "xyz")], Names::CaseInsensitive);
+        assert_eq!(f.as_bytes(), b"\x02\0\0\0ab\x03\0\0\0xyz", "name length, name, value length, value");
+    }
+
+    #[test]
+    fn round_trips_repeated_and_empty_entries() {
+        let f = encode([("accept", "a"), ("x", ""), ("accept", "b")], Names::CaseInsensitive);
+        let again = Fields::from_bytes(f.as_bytes().to_vec(), Names::CaseInsensitive);
+        assert_eq!(pairs(&again), [("accept", "a"), ("x", ""), ("accept", "b")].map(|(n, v)| (n.into(), v.into())));
+        let accepts: Vec<_> = again.values("ACCEPT").collect();
+        assert_eq!(accepts, [b"a".as_slice(), b"b".as_slice()]);
+    }
+
+    #[test]
+    fn header_names_ignore_case_but_context_keys_do_not() {
+        let headers = encode([("x-key", "1")], Names::CaseInsensitive);
+        assert_eq!(headers.first_str("X-Key"), Some("1"));
+        let context = encode([("user", "1")], Names::Exact);
+        assert_eq!(context.first_str("User"), None);
+        assert_eq!(context.first_str("user"), Some("1"));
+    }
+
+    #[test]
+    fn malformed_buffers_are_read_up_to_the_last_whole_entry() {
+        let mut bytes = encode([("a", "1")], Names::Exact).as_bytes().to_vec();
+        bytes.extend_from_slice(b"\x05\0\0\0ab"); // name length 5, only 2 bytes
+        let f = Fields::from_bytes(bytes, Names::Exact);
+        assert_eq!(pairs(&f), [("a".into(), "1".into())]);
+
+        for broken in [&b"\x01"[..], b"\xff\xff\xff\xff", b"\x01\0\0\0a\x09\0\0\0v"] {
+            assert_eq!(Fields::from_bytes(broken.to_vec(), Names::Exact).iter().count(), 0);
+        }
+    }
+
+    #[test]
+    fn set_replaces_every_value_and_keeps_the_order_of_others() {
+        let mut f = encode([("a", "1"), ("b", "2"), ("A", "3"), ("c", "4")], Names::CaseInsensitive);
+        f.set("a", b"9");
+        assert_eq!(pairs(&f), [("b", "2"), ("c", "4"), ("a", "9")].map(|(n, v)| (n.into(), v.into())));
+        f.remove("B");
+        f.append(b"c", b"5");
+        assert_eq!(pairs(&f), [("c", "4"), ("a", "9"), ("c", "5")].map(|(n, v)| (n.into(), v.into())));
+        f.remove("absent");
+        assert_eq!(f.iter().count(), 3);
+    }
+
+    #[test]
+    fn non_utf8_values_are_bytes_only() {
+        let mut f = Fields::new(Names::CaseInsensitive);
+        f.append(b"x", b"\xff");
+        assert_eq!(f.first("x"), Some(&b"\xff"[..]));
+        assert_eq!(f.first_str("x"), None);
+    }
+}

@@ -90,9 +90,10 @@ impl Metrics {
         self.duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a hook call: `outcome` is `ok`, `error` or `timeout`.
-    pub fn plugin_call(&self, plugin: &Arc<str>, hook: &'static str, outcome: &'static str) {
-        self.plugin_calls.get_or_create(&PluginLabels { plugin: Name(plugin.clone()), hook, outcome }).inc();
+    /// The counter of a plugin's calls of `hook` that ended with `outcome` (`ok`, `error` or
+    /// `timeout`); plugins keep it, so counting a call is one atomic add.
+    pub fn plugin_calls(&self, plugin: &Arc<str>, hook: &'static str, outcome: &'static str) -> Counter {
+        self.plugin_calls.get_or_create(&PluginLabels { plugin: Name(plugin.clone()), hook, outcome }).clone()
     }
 
     /// Counts a reload: `ok` or `error`.

@@ -120,7 +120,7 @@ async fn proxy<'s>(
     let mut target = Target { path: normalized, query: uri.query().map(Cow::Borrowed) };
 
     // Phase: on-request of the route's plugins.
-    let mut chain = Chain::new(route.plugins.iter().map(|&i| &snapshot.plugins[i]).collect(), &route.name);
+    let mut chain = Chain::new(&route.plugins, &snapshot.plugins, &route.name);
     let mut response = match chain.on_request(&mut parts, &mut target, client_ip)? {
         Verdict::Respond(response) => response,
         // Phase: the backend. Its failures are answers that on-response still sees.

@@ -72,7 +72,8 @@ async fn serve(path: std::path::PathBuf, config: Config, workers: usize) -> anyh
         .with_context(|| format!("[admin]: cannot listen on {}", admin.listen))?;
     tracing::info!(listener = "admin", address = %admin_listener.local_addr()?, "listening");
     let admin_api = tokio::spawn(admin::serve(admin_listener, control.clone(), admin.token));
-    let watcher = tokio::spawn(crate::watch::watch(control.clone()));
+    let watcher =
+        control.snapshots.load().config.server.watch.then(|| tokio::spawn(crate::watch::watch(control.clone())));
     tracing::info!(workers, version = env!("CARGO_PKG_VERSION"), "sluice started");
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
@@ -91,7 +92,9 @@ async fn serve(path: std::path::PathBuf, config: Config, workers: usize) -> anyh
     }
     tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "shutting down: draining requests in flight");
     control.draining.store(true, Ordering::Relaxed);
-    watcher.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     control.close_all_listeners();
     let _ = stop.send(true);
     for thread in threads {

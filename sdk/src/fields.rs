@@ -59,6 +59,11 @@ impl Fields {
         self.buf
     }
 
+    /// Every entry of an encoded buffer, in order.
+    pub(crate) fn entries(buf: &[u8]) -> Iter<'_> {
+        Iter { rest: buf }
+    }
+
     /// Every entry, in order.
     pub(crate) fn iter(&self) -> Iter<'_> {
         Iter { rest: &self.buf }

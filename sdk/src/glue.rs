@@ -112,14 +112,34 @@ pub fn select_backend<P: Plugin>(
 }
 
 impl From<wit::Request> for Request {
+    /// Takes the pseudo-header entries (`:method`, `:path`, ...) off the front of `head`; the
+    /// rest of it is the headers.
     fn from(r: wit::Request) -> Self {
+        let mut head = r.head;
+        let (mut method, mut path, mut query, mut client_ip, mut route) = Default::default();
+        let mut line_len = 0;
+        for (name, raw) in Fields::entries(&head) {
+            // The host sends UTF-8; anything else reads as empty rather than costing a lossy copy.
+            let value = || std::str::from_utf8(raw).map(str::to_owned).unwrap_or_default();
+            match name {
+                b":method" => method = value(),
+                b":path" => path = value(),
+                b":query" => query = value(),
+                b":client-ip" => client_ip = value(),
+                b":route" => route = value(),
+                _ if name.starts_with(b":") => {}
+                _ => break,
+            }
+            line_len += 8 + name.len() + raw.len();
+        }
+        head.drain(..line_len);
         Request {
-            method: r.method,
-            path: r.path,
-            query: r.query,
-            headers: Fields::from_bytes(r.headers, Names::CaseInsensitive),
-            client_ip: r.client_ip,
-            route: r.route,
+            method,
+            path,
+            query,
+            headers: Fields::from_bytes(head, Names::CaseInsensitive),
+            client_ip,
+            route,
             tls: r.tls.map(|t| TlsInfo { server_name: t.server_name, client_subject: t.client_subject }),
             context: Fields::from_bytes(r.context, Names::Exact),
             changes: RequestChanges::default(),
@@ -219,13 +239,9 @@ mod tests {
     }
 
     fn wit_request(headers: &[(&str, &str)]) -> wit::Request {
+        let line = [(":method", "GET"), (":path", "/p"), (":query", ""), (":client-ip", "10.0.0.1"), (":route", "r")];
         wit::Request {
-            method: "GET".into(),
-            path: "/p".into(),
-            query: String::new(),
-            headers: encode(headers.iter().copied(), Names::CaseInsensitive).into_bytes(),
-            client_ip: "10.0.0.1".into(),
-            route: "r".into(),
+            head: encode(line.into_iter().chain(headers.iter().copied()), Names::Exact).into_bytes(),
             tls: None,
             context: Vec::new(),
         }

@@ -125,13 +125,18 @@ pub struct Gateway {
     pub child: Child,
     pub listeners: HashMap<String, SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
+    /// The folder holding the config file; tests may put plugin files there.
+    pub dir: TempDir,
 }
 
 impl Gateway {
     /// Starts the gateway with `config` (TOML) and waits until it listens.
     pub fn start(config: &str) -> Gateway {
-        let dir = TempDir::new();
+        Gateway::start_in(TempDir::new(), config)
+    }
+
+    /// Like [`Gateway::start`], with the config file in `dir` (which may hold plugin files).
+    pub fn start_in(dir: TempDir, config: &str) -> Gateway {
         let config = if config.contains("[admin]") {
             config.to_string()
         } else {
@@ -171,7 +176,7 @@ impl Gateway {
                 Err(_) => panic!("sluice did not start listening; its log:\n{}", log.lock().unwrap().join("\n")),
             }
         }
-        Gateway { child, listeners, log, _dir: dir }
+        Gateway { child, listeners, log, dir }
     }
 
     /// The address of the listener named `public`, or else of the only one.
@@ -180,6 +185,36 @@ impl Gateway {
             .get("public")
             .copied()
             .unwrap_or_else(|| *self.listeners.iter().find(|(name, _)| *name != "admin").expect("a listener").1)
+    }
+
+    /// Replaces the config file (keeping the admin API where it is) without reloading.
+    pub fn write_config(&self, config: &str) {
+        let admin = format!("[admin]\nlisten = \"{}\"\n\n", self.admin());
+        let text = if config.contains("[admin]") { config.to_string() } else { format!("{admin}{config}") };
+        // Write then rename, as deploy tools do, so no reader sees half a file.
+        let temporary = self.dir.write("sluice.toml.new", &text);
+        std::fs::rename(temporary, self.dir.0.join("sluice.toml")).unwrap();
+    }
+
+    /// `POST /reload` on the admin API.
+    pub async fn reload(&self) -> Reply {
+        Client::connect(self.admin())
+            .await
+            .send(Request::post("/reload").header("host", "admin").body(full("")).unwrap())
+            .await
+    }
+
+    /// `GET path` on the admin API, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let reply = get(self.admin(), "admin", path).await;
+        serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", reply.body))
+    }
+
+    /// The address of a listener announced in the log after a reload.
+    pub fn listener_from_log(&self, name: &str) -> SocketAddr {
+        let needle = format!("listener=\"{name}\"");
+        let line = self.wait_for_log(&needle);
+        parse_listening(&line).expect("a listening line").1
     }
 
     /// The address of the admin API.

@@ -65,6 +65,8 @@ pub enum LogFormat {
 pub struct ServerConfig {
     /// `drain_timeout_ms = 30000`: how long SIGTERM waits for requests in flight.
     pub drain_timeout: Duration,
+    /// `watch = true`: reload when the config file or a plugin file changes (read at start).
+    pub watch: bool,
 }
 
 /// `[[listener]]`.

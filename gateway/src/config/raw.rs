@@ -54,6 +54,7 @@ pub enum LogFormatKey {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub drain_timeout_ms: Option<Spanned<u64>>,
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

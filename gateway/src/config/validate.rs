@@ -59,7 +59,10 @@ impl Validator<'_> {
                 },
                 access: raw.log.access.unwrap_or(true),
             },
-            server: ServerConfig { drain_timeout: self.duration(raw.server.drain_timeout_ms, 30_000)? },
+            server: ServerConfig {
+                drain_timeout: self.duration(raw.server.drain_timeout_ms, 30_000)?,
+                watch: raw.server.watch.unwrap_or(true),
+            },
             listeners: listeners.into_iter().map(|(_, l)| l).collect(),
             upstreams: upstreams.into_iter().map(|(_, u)| u).collect(),
             plugins: plugins.into_iter().map(|(_, p)| p).collect(),
@@ -290,6 +293,12 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         if let Some(listener) = &raw.listener {
             self.reference("listener", listener, listeners)?;
+        }
+        if let Some(extra) = raw.plugins.get(crate::plugin::chain::MAX_PLUGINS_PER_ROUTE) {
+            return Err(self.err(
+                extra.span(),
+                format!("a route may have at most {} plugins", crate::plugin::chain::MAX_PLUGINS_PER_ROUTE),
+            ));
         }
         let host = raw.host.as_ref().map(|h| self.host(h)).transpose()?;
         let methods = raw

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, request};
 
 use super::bindings::types::{self, HeaderOp, RequestAction, ResponseAction, Selection};
-use super::fields;
+use super::fields::{self, RequestLine};
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
@@ -36,21 +36,32 @@ pub struct Target<'u> {
     pub query: Option<Cow<'u, str>>,
 }
 
+/// The most plugins a route may have (the chain tracks them in a bit set).
+pub const MAX_PLUGINS_PER_ROUTE: usize = 64;
+
 /// The plugins of one request and what they share.
 pub struct Chain<'s> {
-    plugins: Vec<&'s LoadedPlugin>,
+    /// The route's plugins, as indices into `all`.
+    chain: &'s [usize],
+    all: &'s [LoadedPlugin],
     route: &'s str,
-    /// Indices into `plugins` whose on-request ran, in order.
-    ran: Vec<usize>,
+    /// Bit `i` is set when on-request of `chain[i]` ran.
+    ran: u64,
     context: Vec<(String, String)>,
     /// The request as on-request left it, for on-response: method, path, encoded headers.
     request: Option<(String, String, Vec<u8>)>,
 }
 
 impl<'s> Chain<'s> {
-    /// The chain of `plugins` on route `route`.
-    pub fn new(plugins: Vec<&'s LoadedPlugin>, route: &'s str) -> Self {
-        Chain { plugins, route, ran: Vec::new(), context: Vec::new(), request: None }
+    /// The chain of plugins `chain` (indices into `all`, at most [`MAX_PLUGINS_PER_ROUTE`]) on
+    /// route `route`.
+    pub fn new(chain: &'s [usize], all: &'s [LoadedPlugin], route: &'s str) -> Self {
+        Chain { chain, all, route, ran: 0, context: Vec::new(), request: None }
+    }
+
+    fn plugins(&self) -> impl DoubleEndedIterator<Item = (usize, &'s LoadedPlugin)> + use<'s> {
+        let all = self.all;
+        self.chain.iter().enumerate().map(move |(position, &index)| (position, &all[index]))
     }
 
     /// Runs on-request of every plugin in order until one responds.
@@ -62,40 +73,39 @@ impl<'s> Chain<'s> {
     ) -> Result<Verdict, ProxyError> {
         let client_ip = client_ip.to_string();
         let mut verdict = Verdict::Continue;
-        for (index, plugin) in self.plugins.iter().copied().enumerate() {
+        for (position, plugin) in self.plugins() {
             if !plugin.implements(Hook::OnRequest) {
-                self.ran.push(index);
+                self.ran |= 1 << position;
                 continue;
             }
-            let headers = fields::encode_headers(&parts.headers);
-            let context = fields::encode_pairs(&self.context);
-            let view = types::Request {
-                method: parts.method.as_str(),
-                path: &target.path,
-                query: target.query.as_deref().unwrap_or(""),
-                headers: &headers,
-                client_ip: &client_ip,
-                route: self.route,
-                tls: None,
-                context: &context,
-            };
-            let outcome =
-                plugin.call(Hook::OnRequest, |hooks, store| hooks.call_on_request(store, view)).and_then(|outcome| {
-                    let changes = RequestChanges::validate(outcome.changes)?;
-                    let respond = match outcome.action {
-                        RequestAction::Continue => None,
-                        RequestAction::Respond(response) => Some(plugin_response(response)?),
-                        RequestAction::NotImplemented => {
-                            plugin.mark_unimplemented(Hook::OnRequest);
-                            None
-                        }
-                    };
-                    Ok((changes, respond))
-                });
+            let outcome = fields::with_scratch(|scratch| {
+                let line = RequestLine {
+                    method: parts.method.as_str(),
+                    path: &target.path,
+                    query: target.query.as_deref().unwrap_or(""),
+                    client_ip: &client_ip,
+                    route: self.route,
+                };
+                let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
+                let view = types::Request { head, tls: None, context };
+                plugin.call(Hook::OnRequest, |hooks, store| hooks.call_on_request(store, view))
+            })
+            .and_then(|outcome| {
+                let changes = RequestChanges::validate(outcome.changes)?;
+                let respond = match outcome.action {
+                    RequestAction::Continue => None,
+                    RequestAction::Respond(response) => Some(plugin_response(response)?),
+                    RequestAction::NotImplemented => {
+                        plugin.mark_unimplemented(Hook::OnRequest);
+                        None
+                    }
+                };
+                Ok((changes, respond))
+            });
             match outcome {
                 Ok((changes, respond)) => {
                     changes.apply(parts, target, &mut self.context);
-                    self.ran.push(index);
+                    self.ran |= 1 << position;
                     if let Some(response) = respond {
                         verdict = Verdict::Respond(response);
                         break;
@@ -104,7 +114,7 @@ impl<'s> Chain<'s> {
                 Err(failure) => self.failed(plugin, Hook::OnRequest, failure)?,
             }
         }
-        if self.plugins.iter().any(|p| p.implements(Hook::OnResponse)) {
+        if self.plugins().any(|(position, p)| self.ran & (1 << position) != 0 && p.implements(Hook::OnResponse)) {
             self.request =
                 Some((parts.method.to_string(), target.path.to_string(), fields::encode_headers(&parts.headers)));
         }
@@ -120,9 +130,8 @@ impl<'s> Chain<'s> {
     pub fn on_response(&mut self, response: &mut Response<ResponseBody>) -> Result<(), ProxyError> {
         let empty = (String::new(), String::new(), Vec::new());
         let (method, path, request_headers) = self.request.as_ref().unwrap_or(&empty);
-        for index in self.ran.iter().rev().copied() {
-            let plugin = self.plugins[index];
-            if !plugin.implements(Hook::OnResponse) {
+        for (position, plugin) in self.plugins().rev() {
+            if self.ran & (1 << position) == 0 || !plugin.implements(Hook::OnResponse) {
                 continue;
             }
             let headers = fields::encode_headers(response.headers());
@@ -192,20 +201,20 @@ pub fn select_backend(
     if !plugin.implements(Hook::SelectBackend) {
         return Ok(None);
     }
-    let headers = fields::encode_headers(headers);
-    let context = fields::encode_pairs(context);
     let client_ip = client_ip.to_string();
-    let view = types::Request {
+    let line = RequestLine {
         method: method.as_str(),
         path: &target.path,
         query: target.query.as_deref().unwrap_or(""),
-        headers: &headers,
         client_ip: &client_ip,
         route,
-        tls: None,
-        context: &context,
     };
-    match plugin.call(Hook::SelectBackend, |hooks, store| hooks.call_select_backend(store, view, backends))? {
+    let selection = fields::with_scratch(|scratch| {
+        let (head, context) = fields::encode_request(scratch, &line, headers, context);
+        let view = types::Request { head, tls: None, context };
+        plugin.call(Hook::SelectBackend, |hooks, store| hooks.call_select_backend(store, view, backends))
+    })?;
+    match selection {
         Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),
         Selection::Backend(index) => Err(PluginFailure::Invalid(format!(
             "select-backend chose index {index} of {} healthy backends",
@@ -279,18 +288,20 @@ fn invalid(why: String) -> PluginFailure {
     PluginFailure::Invalid(why)
 }
 
-fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), PluginFailure> {
+fn header(name: String, value: String) -> Result<(HeaderName, HeaderValue), PluginFailure> {
     let name =
         HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("`{name}` is not a header name")))?;
-    let value = HeaderValue::from_str(value).map_err(|_| invalid(format!("header `{name}` has an invalid value")))?;
+    // Takes the string's buffer as it is: no copy.
+    let value = HeaderValue::from_maybe_shared(Bytes::from(value))
+        .map_err(|_| invalid(format!("header `{name}` has an invalid value")))?;
     Ok((name, value))
 }
 
 fn validate_ops(ops: Vec<HeaderOp>) -> Result<Vec<Op>, PluginFailure> {
     ops.into_iter()
         .map(|op| match op {
-            HeaderOp::Set((name, value)) => header(&name, &value).map(|(n, v)| Op::Set(n, v)),
-            HeaderOp::Append((name, value)) => header(&name, &value).map(|(n, v)| Op::Append(n, v)),
+            HeaderOp::Set((name, value)) => header(name, value).map(|(n, v)| Op::Set(n, v)),
+            HeaderOp::Append((name, value)) => header(name, value).map(|(n, v)| Op::Append(n, v)),
             HeaderOp::Remove(name) => HeaderName::from_bytes(name.as_bytes())
                 .map(Op::Remove)
                 .map_err(|_| invalid(format!("`{name}` is not a header name"))),
@@ -333,7 +344,7 @@ fn plugin_response(response: types::Response) -> Result<Response<ResponseBody>, 
     let mut built = Response::new(ResponseBody::full(Bytes::from(response.body)));
     *built.status_mut() = status_code(response.status)?;
     for (name, value) in response.headers {
-        let (name, value) = header(&name, &value)?;
+        let (name, value) = header(name, value)?;
         built.headers_mut().append(name, value);
     }
     Ok(built)

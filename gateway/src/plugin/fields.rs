@@ -24,6 +24,63 @@ pub fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
     block
 }
 
+/// Runs `f` with this thread's scratch buffer, emptied: hook arguments are encoded there instead
+/// of in a new allocation per call.
+pub fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            f(&mut buffer)
+        }
+        // Only a hook call inside a hook call could get here; give it a buffer of its own.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// What the `head` of a WIT request starts with, before the headers.
+pub struct RequestLine<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`.
+    pub path: &'a str,
+    /// `:query`.
+    pub query: &'a str,
+    /// `:client-ip`.
+    pub client_ip: &'a str,
+    /// `:route`.
+    pub route: &'a str,
+}
+
+/// Encodes a request's `head` (the pseudo-header entries, then the headers) and its context one
+/// after the other in `buffer`; returns both blocks.
+pub fn encode_request<'b>(
+    buffer: &'b mut Vec<u8>,
+    line: &RequestLine<'_>,
+    headers: &HeaderMap,
+    context: &[(String, String)],
+) -> (&'b [u8], &'b [u8]) {
+    for (name, value) in [
+        (":method", line.method),
+        (":path", line.path),
+        (":query", line.query),
+        (":client-ip", line.client_ip),
+        (":route", line.route),
+    ] {
+        push(buffer, name.as_bytes(), value.as_bytes());
+    }
+    for (name, value) in headers {
+        push(buffer, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let split = buffer.len();
+    for (name, value) in context {
+        push(buffer, name.as_bytes(), value.as_bytes());
+    }
+    buffer.split_at(split)
+}
+
 /// Encodes string pairs (the request context).
 pub fn encode_pairs(pairs: &[(String, String)]) -> Vec<u8> {
     let mut block = Vec::new();

@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use prometheus_client::metrics::counter::Counter;
 use thread_local::ThreadLocal;
 use wasmtime::{Engine, Store, Trap};
 
@@ -85,6 +86,8 @@ pub struct LoadedPlugin {
     state: Arc<dyn SharedState>,
     /// Cleared when the plugin answers `not-implemented`, so the hook is not called again.
     implemented: [AtomicBool; 3],
+    /// `sluice_plugin_calls_total` by hook, then by outcome (ok, error, timeout).
+    calls: [[Counter; 3]; 3],
     idle: ThreadLocal<RefCell<Vec<Instance>>>,
     config_json: String,
 }
@@ -97,8 +100,12 @@ impl LoadedPlugin {
         pre: PluginPre<HostState>,
         state: Arc<dyn SharedState>,
     ) -> LoadedPlugin {
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let calls = [Hook::OnRequest, Hook::OnResponse, Hook::SelectBackend]
+            .map(|hook| ["ok", "error", "timeout"].map(|outcome| METRICS.plugin_calls(&name, hook.name(), outcome)));
         LoadedPlugin {
-            name: Arc::from(config.name.as_str()),
+            calls,
+            name,
             config_json: config.config.to_string(),
             config,
             sha256,
@@ -155,11 +162,11 @@ impl LoadedPlugin {
     ) -> Result<R, PluginFailure> {
         let result = self.call_instance(call);
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(PluginFailure::Timeout { .. }) => "timeout",
-            Err(_) => "error",
+            Ok(_) => 0,
+            Err(PluginFailure::Timeout { .. }) => 2,
+            Err(_) => 1,
         };
-        METRICS.plugin_call(&self.name, hook.name(), outcome);
+        self.calls[hook as usize][outcome].inc();
         result
     }
 

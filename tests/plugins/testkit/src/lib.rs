@@ -15,6 +15,7 @@
 //! | `trap` | on_request | panics when `x-trap` is present |
 //! | `init-fail` | none | `init` fails |
 //! | `bench` | on_request | reads two headers and sets one: a cheap, typical hook |
+//! | `build` | on_response | stamps responses with the build marker [`BUILD`] |
 //!
 //! See [`Testkit`] for the exact behaviour of each mode.
 
@@ -22,7 +23,11 @@ use serde::Deserialize;
 use sluice_sdk::prelude::*;
 
 /// The valid modes, as the init error lists them.
-pub const MODES: &str = "tag, select, counter, loop, hog, trap, init-fail, bench";
+pub const MODES: &str = "tag, select, counter, loop, hog, trap, init-fail, bench, build";
+
+/// The marker `build` mode puts in `x-build`. The reload tests make a second build of this plugin
+/// by replacing these bytes in the component with another marker of the same length.
+pub const BUILD: &str = "sluice-testkit-build-A";
 
 /// The context key counter mode keeps the count under, from on_request to on_response.
 pub const COUNT_KEY: &str = "count";
@@ -60,6 +65,7 @@ pub const TRAIL_KEY: &str = "trail";
 ///   continues.
 /// - `init-fail`: init fails with `testkit init refused: bad config`.
 /// - `bench`: on_request reads `user-agent` and `accept`, sets `x-bench: 1`, continues.
+/// - `build`: on_response sets `x-build: <BUILD>` (the constant [`BUILD`]).
 #[derive(Debug)]
 pub struct Testkit {
     mode: Mode,
@@ -77,6 +83,7 @@ enum Mode {
     Hog,
     Trap,
     Bench,
+    Build,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +109,7 @@ impl Plugin for Testkit {
             "hog" => Mode::Hog,
             "trap" => Mode::Trap,
             "bench" => Mode::Bench,
+            "build" => Mode::Build,
             "init-fail" => return Err("testkit init refused: bad config".into()),
             other => {
                 return Err(format!("testkit: unknown mode {other:?}; valid modes: {MODES}"));
@@ -164,7 +172,7 @@ impl Plugin for Testkit {
                 req.set_header("x-bench", "1");
                 Action::Continue
             }
-            Mode::Select => Action::not_implemented(),
+            Mode::Select | Mode::Build => Action::not_implemented(),
         }
     }
 
@@ -184,6 +192,10 @@ impl Plugin for Testkit {
                 }
                 let inits = host::counter_incr(INITS, 0, self.window_ms).current;
                 resp.set_header("x-inits", inits.to_string());
+                ResponseAction::Continue
+            }
+            Mode::Build => {
+                resp.set_header("x-build", std::hint::black_box(BUILD));
                 ResponseAction::Continue
             }
             _ => ResponseAction::not_implemented(),

@@ -82,8 +82,17 @@ fn errors_name_the_file_line_and_key() {
 }
 
 #[test]
-fn environment_variables_are_substituted() {
+fn environment_variables_are_substituted_everywhere_including_plugin_config() {
     let config = VALID.replacen("127.0.0.1:9001", "${SLUICE_TEST_BACKEND}", 1);
     let (ok, text, _, _dir) = check(&config, &[("SLUICE_TEST_BACKEND", "127.0.0.1:7000")]);
     assert!(ok, "{text}");
+    // testkit refuses unknown config keys, so the substituted value must reach it as a known one.
+    let plugin = format!(
+        "{VALID}\n[[plugin]]\nname = \"t\"\npath = \"{}\"\n[plugin.config]\nmode = \"${{SLUICE_TEST_MODE}}\"\n",
+        plugin_wasm("testkit").display()
+    );
+    let (ok, text, _, _dir) = check(&plugin, &[("SLUICE_TEST_MODE", "tag")]);
+    assert!(ok, "{text}");
+    let (ok, text, _, _dir) = check(&plugin, &[]);
+    assert!(!ok && text.contains("plugin.config.mode: environment variable `SLUICE_TEST_MODE` is not set"), "{text}");
 }

@@ -18,7 +18,7 @@ async fn a_failed_reload_changes_nothing_and_says_why() {
     let good = format!("{NO_WATCH}{LISTENER}\n{}\n{}", upstream("u", &[&backend]), route("r", "/", "u"));
     let gateway = Gateway::start(&good);
     let broken_cases = [
-        (format!("{good}\n[[route]\nname = \"x\""), "sluice.toml:", "line"),
+        (format!("{good}\n[[route]\nname = \"x\""), "sluice.toml:", "unclosed array table"),
         (format!("{good}\n[[plugin]]\nname = \"gone\"\npath = \"missing.wasm\"\n"), "plugin `gone`", "cannot read"),
         (format!("{good}\n{}", route("bad", "/bad", "nowhere")), "upstream `nowhere` is not defined", "sluice.toml:"),
     ];
@@ -112,7 +112,8 @@ async fn sighup_and_file_changes_reload_and_shared_counters_survive() {
     // So does SIGHUP.
     gateway.signal("HUP");
     wait_for_generation(&gateway, 3).await;
-    assert_eq!(client.get("x", "/extra").await.headers["x-count"], "4");
+    assert_eq!(client.get("x", "/").await.headers["x-count"], "4");
+    assert_eq!(client.get("x", "/extra").await.body, "ok", "the route the file change added serves");
 }
 
 async fn wait_for_generation(gateway: &Gateway, generation: u64) {
@@ -182,7 +183,7 @@ async fn fifty_plugin_swaps_under_load_drop_nothing() {
 
     let config = |extra: &str| {
         format!(
-            "{LISTENER}\n[log]\naccess = false\n\n[[plugin]]\nname = \"build\"\npath = \"build.wasm\"\n[plugin.config]\nmode = \"build\"\n\n{}\n{}{extra}",
+            "{LISTENER}\n[log]\naccess = false\n\n[[plugin]]\nname = \"build\"\npath = \"build.wasm\"\n[plugin.config]\nmode = \"build\"\n\n{}\n{}plugins = [\"build\"]\n{extra}",
             upstream("u", &[&backend]),
             route("r", "/", "u")
         )

@@ -257,8 +257,13 @@ impl Validator<'_> {
             None => 16,
         };
         let config = match raw.config {
-            Some(table) => serde_json::to_value(table.get_ref())
-                .map_err(|e| self.err(table.span(), format!("plugin config cannot be handed over as JSON: {e}")))?,
+            Some(table) => {
+                let span = table.span();
+                let mut value = toml::Value::Table(table.into_inner());
+                substitute_strings(&mut value, "plugin.config").map_err(|e| self.err(span.clone(), e))?;
+                serde_json::to_value(value)
+                    .map_err(|e| self.err(span, format!("plugin config cannot be handed over as JSON: {e}")))?
+            }
             None => serde_json::Value::Object(Default::default()),
         };
         let plugin = PluginConfig {
@@ -361,6 +366,27 @@ impl Validator<'_> {
                 ),
             ))
         }
+    }
+}
+
+/// Replaces `${VAR}` in every string of a plugin's config table; `at` names the key for errors.
+fn substitute_strings(value: &mut toml::Value, at: &str) -> std::result::Result<(), String> {
+    match value {
+        toml::Value::String(text) => {
+            if let std::borrow::Cow::Owned(replaced) =
+                super::env::substitute(text, |name| std::env::var(name).ok()).map_err(|e| format!("{at}: {e}"))?
+            {
+                *text = replaced;
+            }
+            Ok(())
+        }
+        toml::Value::Array(items) => {
+            items.iter_mut().enumerate().try_for_each(|(i, item)| substitute_strings(item, &format!("{at}[{i}]")))
+        }
+        toml::Value::Table(table) => {
+            table.iter_mut().try_for_each(|(key, item)| substitute_strings(item, &format!("{at}.{key}")))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod plugin;
 pub mod pool;
 pub mod proxy;
 pub mod router;
+pub mod scaffold;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;

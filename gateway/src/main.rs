@@ -30,6 +30,26 @@ enum Command {
         #[arg(short, long, default_value = "sluice.toml")]
         config: PathBuf,
     },
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Scaffold a plugin crate that builds and passes its tests as it is.
+    New {
+        /// The plugin's name: lower-case letters, digits and `-`.
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The sluice-sdk crate to depend on (default: the one this gateway was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +61,14 @@ fn main() -> ExitCode {
             sluice::server::run(&config, workers)
         }
         Command::Check { config } => sluice::check(&config).map(|summary| println!("{summary}")),
+        Command::Plugin { command: PluginCommand::New { name, dir, sdk } } => {
+            sluice::scaffold::new_plugin(&name, dir.as_deref(), sdk.as_deref()).map(|dir| {
+                println!(
+                    "created {}: `cargo test` there, then `cargo build --release --target wasm32-wasip2`",
+                    dir.display()
+                )
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

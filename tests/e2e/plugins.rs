@@ -220,3 +220,52 @@ fn plugins_that_cannot_serve_are_refused_at_load() {
     let output = std::process::Command::new(SLUICE).args(["check", "-c"]).arg(&path).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("init failed: testkit init refused: bad config"));
 }
+
+/// `sluice plugin new` gives a crate that passes its tests, builds to a component, and serves.
+#[tokio::test]
+async fn a_scaffolded_plugin_builds_passes_its_tests_and_serves() {
+    let dir = TempDir::new();
+    let crate_dir = dir.0.join("greeter");
+    let created = std::process::Command::new(SLUICE)
+        .args(["plugin", "new", "greeter", "--dir"])
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let again = std::process::Command::new(SLUICE)
+        .args(["plugin", "new", "greeter", "--dir"])
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "an existing crate is never overwritten");
+
+    // Shares compiled dependencies with the workspace's other builds.
+    let target = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for args in [&["test", "--quiet"][..], &["build", "--quiet", "--release", "--target", "wasm32-wasip2"][..]] {
+        let output = std::process::Command::new(&cargo)
+            .args(args)
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo {args:?} in the scaffolded crate:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let backend = Backend::named("ok").await;
+    let config = format!(
+        "{LISTENER}\n[[plugin]]\nname = \"greeter\"\npath = \"{}\"\n[plugin.config]\ngreeting = \"hi\"\n\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [\"greeter\"]\n",
+        target.join("wasm32-wasip2/release/greeter.wasm").display(),
+        upstream("u", &[&backend])
+    );
+    let gateway = Gateway::start(&config);
+    let reply = get(gateway.addr(), "x", "/").await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+    assert_eq!(reply.headers["x-greeted"], "hi");
+    assert_eq!(backend.last().headers["x-greeting"], "hi");
+}

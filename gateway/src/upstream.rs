@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol};
+use crate::metrics::METRICS;
 
 /// A backend's identity in the connection pools: the same address and protocol get the same key
 /// in every snapshot.
@@ -76,6 +77,9 @@ impl Upstream {
                 config: b.clone(),
             })
             .collect();
+        for backend in &backends {
+            METRICS.backend_health(&config.name, &backend.config.address, backend.is_healthy());
+        }
         let weights: Vec<u32> = backends.iter().map(|b| b.config.weight).collect();
         let keys: Vec<&str> = backends.iter().map(|b| b.config.address.as_str()).collect();
         let balancer = Balancer::new(&config.balance, &weights, &keys);

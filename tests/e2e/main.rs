@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin;
 mod config;
 mod drain;
 mod errors;

@@ -105,8 +105,15 @@ fn select_backend_wasm(bencher: divan::Bencher) {
     let target = Target { path: Cow::Borrowed("/api/users"), query: None };
     let backends = backends();
     bencher.bench_local(|| {
-        let choice =
-            chain::select_backend(&plugin, &parts.method, &parts.headers, &target, CLIENT, "api", &[], &backends);
+        let request = chain::Selecting {
+            method: &parts.method,
+            headers: &parts.headers,
+            target: &target,
+            client_ip: CLIENT,
+            route: "api",
+            context: &[],
+        };
+        let choice = chain::select_backend(&plugin, &request, &backends);
         assert_eq!(choice.ok(), Some(Some(1)));
     });
 }

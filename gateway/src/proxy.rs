@@ -122,7 +122,7 @@ async fn proxy<'s>(
     // Phase: on-request of the route's plugins.
     let mut chain = Chain::new(&route.plugins, &snapshot.plugins, &route.name);
     let mut response = match chain.on_request(&mut parts, &mut target, client_ip)? {
-        Verdict::Respond(response) => response,
+        Verdict::Respond(response) => *response,
         // Phase: the backend. Its failures are answers that on-response still sees.
         Verdict::Continue => {
             let context = chain.context();
@@ -296,16 +296,15 @@ fn pick_backend(
                     }
                 })
                 .collect();
-            match chain::select_backend(
-                plugin,
-                request.method(),
-                request.headers(),
+            let selecting = chain::Selecting {
+                method: request.method(),
+                headers: request.headers(),
                 target,
                 client_ip,
-                &route.name,
+                route: &route.name,
                 context,
-                &backends,
-            ) {
+            };
+            match chain::select_backend(plugin, &selecting, &backends) {
                 Ok(Some(choice)) => return Ok(upstream.balancer.lease(offered[choice])),
                 Ok(None) => 0,
                 Err(failure) => {

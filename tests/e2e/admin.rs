@@ -30,7 +30,7 @@ async fn the_admin_api_needs_its_token_and_reports_metrics() {
     assert_eq!(wrong.status, 401);
 
     let mut admin = Client::connect(gateway.admin()).await;
-    let mut authorized = |path: &str| {
+    let authorized = |path: &str| {
         Request::get(path.to_string())
             .header("host", "admin")
             .header("authorization", "Bearer s3cret")

@@ -25,7 +25,7 @@ pub enum Verdict {
     /// Go on to the backend.
     Continue,
     /// A plugin answered; the backend is not called.
-    Respond(Response<ResponseBody>),
+    Respond(Box<Response<ResponseBody>>),
 }
 
 /// The request's path and query as plugins leave them.
@@ -107,7 +107,7 @@ impl<'s> Chain<'s> {
                     changes.apply(parts, target, &mut self.context);
                     self.ran |= 1 << position;
                     if let Some(response) = respond {
-                        verdict = Verdict::Respond(response);
+                        verdict = Verdict::Respond(Box::new(response));
                         break;
                     }
                 }
@@ -186,21 +186,33 @@ impl<'s> Chain<'s> {
     }
 }
 
+/// The request as select-backend sees it.
+pub struct Selecting<'a> {
+    /// The method, as on-request left it.
+    pub method: &'a Method,
+    /// The headers, as on-request left them.
+    pub headers: &'a HeaderMap,
+    /// The path and query.
+    pub target: &'a Target<'a>,
+    /// The client address.
+    pub client_ip: IpAddr,
+    /// The route's name.
+    pub route: &'a str,
+    /// The request context.
+    pub context: &'a [(String, String)],
+}
+
 /// Asks `plugin` to choose among `backends` (address, weight, zone) for this request. `None`
 /// leaves the choice to the upstream's own policy.
 pub fn select_backend(
     plugin: &LoadedPlugin,
-    method: &Method,
-    headers: &HeaderMap,
-    target: &Target<'_>,
-    client_ip: IpAddr,
-    route: &str,
-    context: &[(String, String)],
+    request: &Selecting<'_>,
     backends: &[types::Backend<'_>],
 ) -> Result<Option<usize>, PluginFailure> {
     if !plugin.implements(Hook::SelectBackend) {
         return Ok(None);
     }
+    let Selecting { method, headers, target, client_ip, route, context } = *request;
     let client_ip = client_ip.to_string();
     let line = RequestLine {
         method: method.as_str(),

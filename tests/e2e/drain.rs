@@ -27,15 +27,7 @@ async fn sigterm_drains_a_request_in_flight_then_exits_zero() {
 
     gateway.signal("TERM");
     gateway.wait_for_log("shutting down");
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "no new connections once draining");
+    assert!(refuses_connections(addr).await, "no new connections once draining");
 
     let reply = in_flight.await.unwrap();
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "finished"));

@@ -391,3 +391,14 @@ pub fn testkit(name: &str, mode: &str, extra: &str) -> String {
         plugin_wasm("testkit").display()
     )
 }
+
+/// Whether connections to `addr` are refused within a second (a listener closes asynchronously).
+pub async fn refuses_connections(addr: SocketAddr) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -419,6 +419,16 @@ mod tests {
     }
 
     #[test]
+    fn build_stamps_responses_only() {
+        let mut p = plugin(r#"{"mode": "build"}"#);
+        let mut req = testing::request("GET", "/").build();
+        assert!(!p.on_request(&mut req).is_continue(), "no on_request in build mode");
+        let mut resp = testing::response(200).build();
+        assert!(matches!(p.on_response(&mut resp), ResponseAction::Continue));
+        assert_eq!(resp.header("x-build").as_deref(), Some(BUILD));
+    }
+
+    #[test]
     fn init_fail_and_bad_configs_are_refused_with_a_reason() {
         let err = testing::init::<Testkit>(r#"{"mode": "init-fail"}"#).unwrap_err();
         assert_eq!(err, "testkit init refused: bad config");
@@ -426,7 +436,7 @@ mod tests {
         let err = testing::init::<Testkit>(r#"{"mode": "dance"}"#).unwrap_err();
         assert_eq!(
             err,
-            "testkit: unknown mode \"dance\"; valid modes: tag, select, counter, loop, hog, trap, init-fail, bench"
+            "testkit: unknown mode \"dance\"; valid modes: tag, select, counter, loop, hog, trap, init-fail, bench, build"
         );
 
         let err = testing::init::<Testkit>("{}").unwrap_err();

@@ -71,6 +71,9 @@ impl<'s> Chain<'s> {
         target: &mut Target<'_>,
         client_ip: IpAddr,
     ) -> Result<Verdict, ProxyError> {
+        if self.chain.is_empty() {
+            return Ok(Verdict::Continue);
+        }
         let client_ip = client_ip.to_string();
         let mut verdict = Verdict::Continue;
         for (position, plugin) in self.plugins() {

@@ -269,3 +269,49 @@ async fn a_scaffolded_plugin_builds_passes_its_tests_and_serves() {
     assert_eq!(reply.headers["x-greeted"], "hi");
     assert_eq!(backend.last().headers["x-greeting"], "hi");
 }
+
+/// Compiled plugins are cached on disk by content: a second load reuses the file, a changed plugin
+/// gets a new one.
+#[test]
+fn compiled_plugins_are_cached_on_disk_by_content() {
+    let dir = TempDir::new();
+    let cache = dir.0.join("cache");
+    let check = |config: &str| {
+        let path = dir.write("gateway.toml", config);
+        let output = std::process::Command::new(SLUICE)
+            .args(["check", "-c"])
+            .arg(&path)
+            .env("SLUICE_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    let cached = || {
+        let mut files: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().into_string().unwrap(), e.metadata().unwrap().modified().unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let config = format!("{LISTENER}\n{}", testkit("t", "tag", ""));
+    check(&config);
+    let first = cached();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].0.ends_with(".cwasm"));
+    check(&config);
+    assert_eq!(cached(), first, "the second load reused the compiled file");
+
+    let other = format!("{LISTENER}\n[[plugin]]\nname = \"i\"\npath = \"{}\"\n", plugin_wasm("incompatible").display());
+    let path = dir.write("other.toml", &other);
+    std::process::Command::new(SLUICE)
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("SLUICE_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(cached().len(), 2, "another component is compiled and cached under its own hash");
+}

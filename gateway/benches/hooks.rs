@@ -28,16 +28,21 @@ const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 static RUNTIME: LazyLock<PluginRuntime> = LazyLock::new(|| PluginRuntime::new().expect("the Wasm engine starts"));
 
 fn plugin(mode: &str) -> LoadedPlugin {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release/testkit.wasm");
+    load("testkit", serde_json::json!({ "mode": mode }))
+}
+
+fn load(component: &str, config: serde_json::Value) -> LoadedPlugin {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/wasm32-wasip2/release/{component}.wasm"));
     assert!(path.exists(), "{} is missing: run scripts/build-plugins first", path.display());
     let config = PluginConfig {
-        name: format!("bench-{mode}"),
+        name: format!("bench-{component}"),
         path,
         on_error: OnError::Deny,
         timeout: Duration::from_millis(20),
         memory_mb: 16,
         isolation: Isolation::Pooled,
-        config: serde_json::json!({ "mode": mode }),
+        config,
     };
     RUNTIME.load(&config).expect("the bench plugin loads")
 }
@@ -73,6 +78,20 @@ fn on_request_wasm(bencher: divan::Bencher) {
         assert!(matches!(verdict, Ok(chain::Verdict::Continue)));
     });
     assert_eq!(parts.headers["x-bench"], "1");
+}
+
+/// The example api-key-auth plugin: a key check, a header removed, one set, a context entry.
+#[divan::bench]
+fn on_request_api_key_auth(bencher: divan::Bencher) {
+    let plugins = [load("api_key_auth", serde_json::json!({ "keys": { "alice": "key-a", "bob": "key-b" } }))];
+    let mut parts = request();
+    bencher.bench_local(|| {
+        parts.headers.insert("x-api-key", HeaderValue::from_static("key-b"));
+        let mut chain = Chain::new(&[0], &plugins, "api");
+        let mut target = Target { path: Cow::Borrowed("/api/users"), query: None };
+        let verdict = chain.on_request(&mut parts, &mut target, CLIENT);
+        assert!(matches!(verdict, Ok(chain::Verdict::Continue)));
+    });
 }
 
 /// The same logic as the bench plugin's on-request, native.

@@ -137,31 +137,33 @@ impl<'s> Chain<'s> {
             if self.ran & (1 << position) == 0 || !plugin.implements(Hook::OnResponse) {
                 continue;
             }
-            let headers = fields::encode_headers(response.headers());
-            let context = fields::encode_pairs(&self.context);
-            let view = types::ResponseHead {
-                status: response.status().as_u16(),
-                headers: &headers,
-                request_method: method,
-                request_path: path,
-                request_headers,
-                route: self.route,
-                context: &context,
-            };
-            let outcome =
-                plugin.call(Hook::OnResponse, |hooks, store| hooks.call_on_response(store, view)).and_then(|outcome| {
-                    let status = outcome.changes.status.map(status_code).transpose()?;
-                    let ops = validate_ops(outcome.changes.headers)?;
-                    let replace = match outcome.action {
-                        ResponseAction::Continue => None,
-                        ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
-                        ResponseAction::NotImplemented => {
-                            plugin.mark_unimplemented(Hook::OnResponse);
-                            None
-                        }
-                    };
-                    Ok((status, ops, outcome.changes.context, replace))
-                });
+            let status = response.status().as_u16();
+            let outcome = fields::with_scratch(|scratch| {
+                let (headers, context) = fields::encode_response(scratch, response.headers(), &self.context);
+                let view = types::ResponseHead {
+                    status,
+                    headers,
+                    request_method: method,
+                    request_path: path,
+                    request_headers,
+                    route: self.route,
+                    context,
+                };
+                plugin.call(Hook::OnResponse, |hooks, store| hooks.call_on_response(store, view))
+            })
+            .and_then(|outcome| {
+                let status = outcome.changes.status.map(status_code).transpose()?;
+                let ops = validate_ops(outcome.changes.headers)?;
+                let replace = match outcome.action {
+                    ResponseAction::Continue => None,
+                    ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
+                    ResponseAction::NotImplemented => {
+                        plugin.mark_unimplemented(Hook::OnResponse);
+                        None
+                    }
+                };
+                Ok((status, ops, outcome.changes.context, replace))
+            });
             match outcome {
                 Ok((status, ops, context, replace)) => {
                     if let Some(replacement) = replace {

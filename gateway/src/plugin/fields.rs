@@ -54,6 +54,19 @@ pub struct RequestLine<'a> {
     pub route: &'a str,
 }
 
+impl RequestLine<'_> {
+    /// The pseudo-header entries, in the order the WIT defines.
+    fn entries(&self) -> [(&str, &str); 5] {
+        [
+            (":method", self.method),
+            (":path", self.path),
+            (":query", self.query),
+            (":client-ip", self.client_ip),
+            (":route", self.route),
+        ]
+    }
+}
+
 /// Encodes a request's `head` (the pseudo-header entries, then the headers) and its context one
 /// after the other in `buffer`; returns both blocks.
 pub fn encode_request<'b>(
@@ -62,13 +75,25 @@ pub fn encode_request<'b>(
     headers: &HeaderMap,
     context: &[(String, String)],
 ) -> (&'b [u8], &'b [u8]) {
-    for (name, value) in [
-        (":method", line.method),
-        (":path", line.path),
-        (":query", line.query),
-        (":client-ip", line.client_ip),
-        (":route", line.route),
-    ] {
+    encode_blocks(buffer, &line.entries(), headers, context)
+}
+
+/// Encodes `headers` and `context` one after the other in `buffer`; returns both blocks.
+pub fn encode_response<'b>(
+    buffer: &'b mut Vec<u8>,
+    headers: &HeaderMap,
+    context: &[(String, String)],
+) -> (&'b [u8], &'b [u8]) {
+    encode_blocks(buffer, &[], headers, context)
+}
+
+fn encode_blocks<'b>(
+    buffer: &'b mut Vec<u8>,
+    first: &[(&str, &str)],
+    headers: &HeaderMap,
+    context: &[(String, String)],
+) -> (&'b [u8], &'b [u8]) {
+    for (name, value) in first {
         push(buffer, name.as_bytes(), value.as_bytes());
     }
     for (name, value) in headers {
@@ -79,15 +104,6 @@ pub fn encode_request<'b>(
         push(buffer, name.as_bytes(), value.as_bytes());
     }
     buffer.split_at(split)
-}
-
-/// Encodes string pairs (the request context).
-pub fn encode_pairs(pairs: &[(String, String)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in pairs {
-        push(&mut block, name.as_bytes(), value.as_bytes());
-    }
-    block
 }
 
 #[cfg(test)]
@@ -103,6 +119,9 @@ mod tests {
         let expected: Vec<u8> =
             [&[1, 0, 0, 0][..], b"a", &[1, 0, 0, 0], b"1", &[1, 0, 0, 0], b"a", &[2, 0, 0, 0], b"22"].concat();
         assert_eq!(block, expected);
-        assert_eq!(encode_pairs(&[("k".into(), "v".into())]), [&[1, 0, 0, 0][..], b"k", &[1, 0, 0, 0], b"v"].concat());
+        let mut buffer = Vec::new();
+        let (head, context) = encode_response(&mut buffer, &headers, &[("k".into(), "v".into())]);
+        assert_eq!(head, block);
+        assert_eq!(context, [&[1, 0, 0, 0][..], b"k", &[1, 0, 0, 0], b"v"].concat());
     }
 }

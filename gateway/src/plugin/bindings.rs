@@ -9,6 +9,6 @@ wasmtime::component::bindgen!({
     ownership: Borrowing { duplicate_if_necessary: true },
 });
 
-pub use exports::sluice::plugin::hooks;
-pub use sluice::plugin::host;
-pub use sluice::plugin::types;
+pub use self::exports::sluice::plugin::hooks;
+pub use self::sluice::plugin::host;
+pub use self::sluice::plugin::types;

@@ -1,8 +1,9 @@
 //! Reload on file change: the config file and every plugin file it names are watched.
 //!
 //! Editors and build tools replace files in several steps (write a temporary, rename, touch), so
-//! events are debounced: a reload starts once the files have been quiet for a moment. The folders
-//! are watched rather than the files, since a replaced file is a new inode.
+//! events are debounced: a reload starts a moment after the first change and takes in every change
+//! made meanwhile. The folders are watched rather than the files, since a replaced file is a new
+//! inode.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::control::Control;
 
-/// How long the files must be quiet before a reload starts.
+/// How long after the first change a reload starts.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Watches the files of the current config and reloads when any changes; runs until dropped.

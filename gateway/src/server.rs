@@ -73,11 +73,10 @@ async fn serve(path: std::path::PathBuf, config: Config, workers: usize) -> anyh
     tracing::info!(listener = "admin", address = %admin_listener.local_addr()?, "listening");
     let admin_api = tokio::spawn(admin::serve(admin_listener, control.clone(), admin.token));
     let watcher =
-        control.snapshots.load().config.server.watch.then(|| tokio::spawn(crate::watch::watch(control.clone())));
-    tracing::info!(workers, version = env!("CARGO_PKG_VERSION"), "sluice started");
-
+        if control.snapshots.load().config.server.watch { crate::watch::start(control.clone()) } else { None };
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
+    tracing::info!(workers, version = env!("CARGO_PKG_VERSION"), "sluice started");
     loop {
         tokio::select! {
             _ = terminate.recv() => break,

@@ -12,15 +12,19 @@ use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::control::Control;
 
 /// How long after the first change a reload starts.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Watches the files of the current config and reloads when any changes; runs until dropped.
-pub async fn watch(control: Arc<Control>) {
-    let (changed, mut changes) = mpsc::unbounded_channel::<PathBuf>();
+/// Starts watching the files of the current config, reloading when any changes.
+///
+/// The folders are watched before this returns, so a change made once the gateway says it started
+/// is never missed; the returned task runs until aborted.
+pub fn start(control: Arc<Control>) -> Option<JoinHandle<()>> {
+    let (changed, changes) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && !event.kind.is_access()
@@ -33,10 +37,19 @@ pub async fn watch(control: Arc<Control>) {
         Ok(watcher) => watcher,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch files; reload with SIGHUP or POST /reload");
-            return;
+            return None;
         }
     };
-    let mut files = watch_folders(&mut watcher, &control.watched_files(), &HashSet::new());
+    let files = watch_folders(&mut watcher, &control.watched_files(), &HashSet::new());
+    Some(tokio::spawn(reload_on_change(control, watcher, files, changes)))
+}
+
+async fn reload_on_change(
+    control: Arc<Control>,
+    mut watcher: RecommendedWatcher,
+    mut files: HashSet<PathBuf>,
+    mut changes: mpsc::UnboundedReceiver<PathBuf>,
+) {
     while let Some(path) = changes.recv().await {
         if !files.contains(&path) {
             continue;

@@ -151,7 +151,6 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start sluice");
-        let wanted = config.matches("[[listener]]").count() + 1;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -162,18 +161,23 @@ impl Gateway {
                     eprintln!("[sluice] {line}");
                 }
                 if let Some(listening) = parse_listening(&line) {
-                    let _ = tx.send(listening);
+                    let _ = tx.send(Some(listening));
+                } else if line.contains("sluice started") {
+                    let _ = tx.send(None);
                 }
                 log2.lock().unwrap().push(line);
             }
         });
+        // Every listener is logged before "sluice started", which comes once signals and file
+        // watching are set up too.
         let mut listeners = HashMap::new();
-        while listeners.len() < wanted {
+        loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok((name, addr)) => {
+                Ok(Some((name, addr))) => {
                     listeners.insert(name, addr);
                 }
-                Err(_) => panic!("sluice did not start listening; its log:\n{}", log.lock().unwrap().join("\n")),
+                Ok(None) => break,
+                Err(_) => panic!("sluice did not start; its log:\n{}", log.lock().unwrap().join("\n")),
             }
         }
         Gateway { child, listeners, log, dir }

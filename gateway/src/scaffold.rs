@@ -52,8 +52,8 @@ sluice-sdk = {{ path = "{}" }}
 serde = {{ version = "1", features = ["derive"] }}
 
 [profile.release]
-opt-level = "s"
 lto = true
+codegen-units = 1
 "#,
         sdk.display()
     )

@@ -30,16 +30,31 @@ impl Names {
 }
 
 /// A list of name/value pairs in the flat `fields` encoding.
+///
+/// The entries are `buf[start..]`; the bytes before `start` belong to someone else (the request
+/// line's pseudo-header entries, which [`Request`](crate::Request) reads in place) and are never
+/// touched, so offsets into them stay valid whatever the entries go through.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Fields {
     buf: Vec<u8>,
+    start: usize,
     names: Names,
 }
 
 impl Fields {
     /// Wraps a buffer received from the host, without decoding it.
     pub(crate) fn from_bytes(buf: Vec<u8>, names: Names) -> Self {
-        Fields { buf, names }
+        Fields::after(buf, 0, names)
+    }
+
+    /// Wraps a buffer whose entries start at `start` (at most `buf.len()`).
+    pub(crate) fn after(buf: Vec<u8>, start: usize, names: Names) -> Self {
+        Fields { start: start.min(buf.len()), buf, names }
+    }
+
+    /// The whole buffer, the bytes before `start` included.
+    pub(crate) fn buffer(&self) -> &[u8] {
+        &self.buf
     }
 
     /// An empty list.
@@ -50,12 +65,13 @@ impl Fields {
     /// The encoded bytes.
     #[cfg(test)]
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.buf
+        &self.buf[self.start..]
     }
 
     /// The encoded bytes, for the host.
     #[cfg(test)]
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
+    pub(crate) fn into_bytes(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
         self.buf
     }
 
@@ -66,7 +82,7 @@ impl Fields {
 
     /// Every entry, in order.
     pub(crate) fn iter(&self) -> Iter<'_> {
-        Iter { rest: &self.buf }
+        Iter { rest: &self.buf[self.start..] }
     }
 
     /// Every value stored under `name`, in order.
@@ -98,19 +114,19 @@ impl Fields {
         self.buf.extend_from_slice(value);
     }
 
-    /// Removes every entry stored under `name`.
+    /// Removes every entry stored under `name`, moving the later entries down in place.
     pub(crate) fn remove(&mut self, name: &str) {
-        if self.first(name).is_none() {
-            return;
-        }
-        let mut kept = Fields::new(self.names);
-        kept.buf.reserve(self.buf.len());
-        for (n, v) in self.iter() {
+        let (mut kept, mut at) = (self.start, self.start);
+        while let Some((n, v)) = Fields::entries(&self.buf[at..]).next() {
+            let len = 8 + n.len() + v.len();
             if !self.names.matches(n, name.as_bytes()) {
-                kept.append(n, v);
+                self.buf.copy_within(at..at + len, kept);
+                kept += len;
             }
+            at += len;
         }
-        *self = kept;
+        // Past `at` lies only a malformed tail, which is dropped.
+        self.buf.truncate(kept);
     }
 
     /// Replaces every entry stored under `name` with one entry holding `value`.

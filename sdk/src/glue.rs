@@ -12,6 +12,7 @@ use std::thread::LocalKey;
 
 use crate::__bindings::sluice::plugin::types as wit;
 use crate::fields::{Fields, Names};
+use crate::message::Text;
 use crate::{
     Action, Backend, Config, HeaderOp, Plugin, Reply, Request, RequestChanges, Response, ResponseAction,
     ResponseChanges, Selection, TlsInfo,
@@ -112,32 +113,30 @@ pub fn select_backend<P: Plugin>(
 }
 
 impl From<wit::Request> for Request {
-    /// Takes the pseudo-header entries (`:method`, `:path`, ...) off the front of `head`; the
-    /// rest of it is the headers.
+    /// Finds the pseudo-header entries (`:method`, `:path`, ...) at the front of `head` and reads
+    /// them in place; the rest of it is the headers.
     fn from(r: wit::Request) -> Self {
-        let mut head = r.head;
-        let (mut method, mut path, mut query, mut client_ip, mut route) = Default::default();
+        let [mut method, mut path, mut query, mut client_ip, mut route] = [const { Text::At(0, 0) }; 5];
         let mut line_len = 0;
-        for (name, raw) in Fields::entries(&head) {
-            // The host sends UTF-8; anything else reads as empty rather than costing a lossy copy.
-            let value = || std::str::from_utf8(raw).map(str::to_owned).unwrap_or_default();
+        for (name, value) in Fields::entries(&r.head) {
+            let value_start = line_len + 8 + name.len();
+            let at = Text::At(value_start, value_start + value.len());
             match name {
-                b":method" => method = value(),
-                b":path" => path = value(),
-                b":query" => query = value(),
-                b":client-ip" => client_ip = value(),
-                b":route" => route = value(),
+                b":method" => method = at,
+                b":path" => path = at,
+                b":query" => query = at,
+                b":client-ip" => client_ip = at,
+                b":route" => route = at,
                 _ if name.starts_with(b":") => {}
                 _ => break,
             }
-            line_len += 8 + name.len() + raw.len();
+            line_len = value_start + value.len();
         }
-        head.drain(..line_len);
         Request {
             method,
             path,
             query,
-            headers: Fields::from_bytes(head, Names::CaseInsensitive),
+            headers: Fields::after(r.head, line_len, Names::CaseInsensitive),
             client_ip,
             route,
             tls: r.tls.map(|t| TlsInfo { server_name: t.server_name, client_subject: t.client_subject }),
@@ -353,6 +352,21 @@ mod tests {
             wit::Selection::Backend(u32::MAX)
         ));
         assert!(matches!(select_backend(&PICKER, wit_request(&[]), Vec::new()), wit::Selection::Default));
+    }
+
+    #[test]
+    fn the_request_line_reads_in_place_while_headers_change() {
+        let mut req = Request::from(wit_request(&[("a", "1"), ("b", "2"), ("a", "3")]));
+        req.remove_header("a");
+        req.set_header("c", "4");
+        req.set_header("b", "5");
+        assert_eq!(
+            (req.method(), req.path(), req.query(), req.client_ip(), req.route()),
+            ("GET", "/p", "", "10.0.0.1", "r")
+        );
+        assert_eq!(req.header_entries().collect::<Vec<_>>(), [("c", "4"), ("b", "5")]);
+        req.set_path("/new");
+        assert_eq!((req.path(), req.changes().path.as_deref()), ("/new", Some("/new")));
     }
 
     #[test]

@@ -79,12 +79,14 @@ pub struct ResponseChanges {
 /// not UTF-8 (HTTP allows some other bytes); [`Request::header_bytes`] returns any value.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) query: String,
+    pub(crate) method: Text,
+    pub(crate) path: Text,
+    pub(crate) query: Text,
+    /// The headers; the request line's pseudo-header entries lie before them in the same buffer,
+    /// where the `Text::At` values above point.
     pub(crate) headers: Fields,
-    pub(crate) client_ip: String,
-    pub(crate) route: String,
+    pub(crate) client_ip: Text,
+    pub(crate) route: Text,
     pub(crate) tls: Option<TlsInfo>,
     pub(crate) context: Fields,
     pub(crate) changes: RequestChanges,
@@ -93,27 +95,27 @@ pub struct Request {
 impl Request {
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
-        &self.method
+        self.method.get(self.headers.buffer())
     }
 
     /// The normalised path, without the query, e.g. `/api/users`.
     pub fn path(&self) -> &str {
-        &self.path
+        self.path.get(self.headers.buffer())
     }
 
     /// The query without the leading `?`; empty when there is none.
     pub fn query(&self) -> &str {
-        &self.query
+        self.query.get(self.headers.buffer())
     }
 
     /// The client address: the TCP peer, or the client named by a trusted proxy.
     pub fn client_ip(&self) -> &str {
-        &self.client_ip
+        self.client_ip.get(self.headers.buffer())
     }
 
     /// The name of the route that matched.
     pub fn route(&self) -> &str {
-        &self.route
+        self.route.get(self.headers.buffer())
     }
 
     /// TLS facts, when the request came over TLS.
@@ -148,20 +150,23 @@ impl Request {
 
     /// Changes the method.
     pub fn set_method(&mut self, method: impl Into<String>) {
-        self.method = method.into();
-        self.changes.method = Some(self.method.clone());
+        let method = method.into();
+        self.changes.method = Some(method.clone());
+        self.method = Text::Owned(method);
     }
 
     /// Changes the path, which must start with `/`.
     pub fn set_path(&mut self, path: impl Into<String>) {
-        self.path = path.into();
-        self.changes.path = Some(self.path.clone());
+        let path = path.into();
+        self.changes.path = Some(path.clone());
+        self.path = Text::Owned(path);
     }
 
     /// Changes the query (without `?`); an empty query removes it.
     pub fn set_query(&mut self, query: impl Into<String>) {
-        self.query = query.into();
-        self.changes.query = Some(self.query.clone());
+        let query = query.into();
+        self.changes.query = Some(query.clone());
+        self.query = Text::Owned(query);
     }
 
     /// Replaces every value of the header `name` with `value`. The name is lower-cased; the
@@ -332,6 +337,32 @@ impl Response {
     }
 }
 
+/// A request-line value: where it lies in the request's buffer, as it came from the host, or
+/// the value a hook or test set. Reading in place saves an allocation per value per hook call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Text {
+    /// `buffer[start..end]`; the host sends UTF-8, and anything else reads as empty.
+    At(usize, usize),
+    /// A value of its own.
+    Owned(String),
+}
+
+impl Text {
+    /// The value, given the buffer `At` points into.
+    fn get<'a>(&'a self, buffer: &'a [u8]) -> &'a str {
+        match self {
+            Text::At(start, end) => buffer.get(*start..*end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or(""),
+            Text::Owned(text) => text,
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Self {
+        Text::Owned(text.to_string())
+    }
+}
+
 fn utf8_values<'a>(fields: &'a Fields, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     fields.values(name).filter_map(|v| std::str::from_utf8(v).ok())
 }
@@ -389,7 +420,7 @@ impl Request {
         Request {
             method: "GET".into(),
             path: "/".into(),
-            query: String::new(),
+            query: "".into(),
             headers: Fields::new(Names::CaseInsensitive),
             client_ip: "127.0.0.1".into(),
             route: "test".into(),

@@ -20,14 +20,15 @@
 //!   reads it. The key itself never reaches the backend: the key header and every query
 //!   parameter named `query` are removed, the other parameters keep their order and spelling.
 //!
-//! Keys are compared as SHA-256 digests, every byte and every consumer, without stopping at the
-//! first difference, so the time a check takes says nothing about how much of a guess was right.
+//! A key is looked up by a keyed hash (SipHash under a random key drawn per instance, so a client
+//! cannot aim at a hash) and then compared with the stored key byte by byte, without stopping at
+//! the first difference: the time a check takes says nothing about how much of a guess was right.
 //! See the README for every config key.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use sluice_sdk::prelude::*;
 
 /// The request context key the consumer's name is stored under.
@@ -43,8 +44,10 @@ pub struct ApiKeyAuth {
     header: String,
     /// The query parameter the key is read from, when the header is absent.
     query: Option<String>,
-    /// Every consumer with the digest of its key.
+    /// Every consumer with its key.
     consumers: Vec<Consumer>,
+    /// The keyed hash that finds a consumer by key.
+    hasher: RandomState,
     /// The `WWW-Authenticate` value of a 401.
     challenge: String,
     /// The header that carries the consumer's name to the backend.
@@ -54,7 +57,9 @@ pub struct ApiKeyAuth {
 #[derive(Debug)]
 struct Consumer {
     name: String,
-    key_digest: [u8; 32],
+    key: Vec<u8>,
+    /// `hasher`'s hash of `key`.
+    tag: u64,
 }
 
 /// `[plugin.config]` as written.
@@ -106,6 +111,7 @@ impl Plugin for ApiKeyAuth {
         if settings.keys.is_empty() {
             return Err("api-key-auth: `keys` must map at least one consumer name to its key".into());
         }
+        let hasher = RandomState::new();
         let mut consumers = Vec::with_capacity(settings.keys.len());
         let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, key) in &settings.keys {
@@ -120,12 +126,17 @@ impl Plugin for ApiKeyAuth {
             if let Some(other) = owners.insert(key, name) {
                 return Err(format!("api-key-auth: consumers `{other}` and `{name}` have the same key"));
             }
-            consumers.push(Consumer { name: name.clone(), key_digest: Sha256::digest(key).into() });
+            consumers.push(Consumer {
+                name: name.clone(),
+                key: key.as_bytes().to_vec(),
+                tag: hasher.hash_one(key.as_bytes()),
+            });
         }
         Ok(ApiKeyAuth {
             header: settings.header.to_ascii_lowercase(),
             query: settings.query,
             consumers,
+            hasher,
             challenge: format!("ApiKey realm=\"{}\"", settings.realm),
             consumer_header: settings.consumer_header,
         })
@@ -159,24 +170,18 @@ impl Plugin for ApiKeyAuth {
 }
 
 impl ApiKeyAuth {
-    /// The consumer whose key is `key`. Every consumer's digest is compared in full, so the time
-    /// taken does not depend on where (or whether) a key matches.
+    /// The consumer whose key is `key`.
     fn consumer_of(&self, key: &[u8]) -> Option<&str> {
-        let digest: [u8; 32] = Sha256::digest(key).into();
-        let mut found = None;
-        for consumer in &self.consumers {
-            if digests_equal(&consumer.key_digest, &digest) {
-                found = Some(consumer.name.as_str());
-            }
-        }
-        found
+        let tag = self.hasher.hash_one(key);
+        let candidate = self.consumers.iter().find(|consumer| consumer.tag == tag)?;
+        keys_equal(&candidate.key, key).then_some(candidate.name.as_str())
     }
 }
 
 /// Compares every byte, without stopping at the first difference.
-fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+fn keys_equal(a: &[u8], b: &[u8]) -> bool {
     let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
+    a.len() == b.len() && std::hint::black_box(difference) == 0
 }
 
 /// The (percent-decoded) value of the first parameter called `name` in `query`.

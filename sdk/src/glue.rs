@@ -187,6 +187,7 @@ fn request_changes(c: RequestChanges) -> wit::RequestChanges {
         path: c.path,
         query: c.query,
         headers: header_ops(c.headers),
+        response_headers: header_ops(c.response_headers),
         context: c.context,
     }
 }
@@ -217,6 +218,7 @@ mod tests {
             req.set_header("x-greeting", self.greeting.clone());
             req.set_path("/rewritten");
             req.set_context("seen", req.header("x-in").unwrap_or_default());
+            req.set_response_header("X-Seen", "yes");
             if req.header_str("x-stop").is_some() {
                 return Action::respond(418).header("x-a", "b").body("stopped");
             }
@@ -289,6 +291,10 @@ mod tests {
             [wit::HeaderOp::Set((n, v))] if n == "x-greeting" && v == "hello"
         ));
         assert_eq!(out.changes.context, [("seen".into(), "42".into())]);
+        assert!(matches!(
+            out.changes.response_headers.as_slice(),
+            [wit::HeaderOp::Set((n, v))] if n == "x-seen" && v == "yes"
+        ));
 
         let out = on_request(&PROBE, wit_request(&[("x-stop", "1")]));
         let wit::RequestAction::Respond(r) = out.action else {

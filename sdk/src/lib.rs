@@ -4,7 +4,7 @@
 //! its *hooks*. It can check and change requests, answer them itself, change responses and pick
 //! the backend a request goes to, while the gateway keeps it in a sandbox: no files, no sockets,
 //! no environment, a time deadline per hook call and a memory limit per instance. The contract is
-//! one WIT file, `wit/plugin.wit` (`sluice:plugin@0.1.0`); this crate hides the bindings generated
+//! one WIT file, `wit/plugin.wit` (`sluice:plugin@0.2.0`); this crate hides the bindings generated
 //! from it behind a small, documented API:
 //!
 //! - [`Plugin`]: the trait your type implements; start here.
@@ -133,6 +133,10 @@
 //! downstream ◄──────────── on_response (in reverse, every plugin whose on_request ran) ◄┘
 //! ```
 //!
+//! - Every hook call costs the gateway a crossing into the plugin. Response headers known at
+//!   on-request time (limits, CORS, security headers) go through
+//!   [`Request::set_response_header`], which the gateway applies to whatever response the request
+//!   gets: such a plugin leaves `on_response` out, and the gateway never calls it.
 //! - A hook's changes apply only when it returns normally. A panic traps: the request gets the
 //!   plugin's `on_error` policy, the instance is thrown away and the next call gets a fresh one.
 //! - An instance is reused across requests. Keep per-request data in the request context

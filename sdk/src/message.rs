@@ -55,6 +55,8 @@ pub struct RequestChanges {
     pub query: Option<String>,
     /// Header changes, in order.
     pub headers: Vec<HeaderOp>,
+    /// Header changes for the response, in order (see [`Request::set_response_header`]).
+    pub response_headers: Vec<HeaderOp>,
     /// Context entries set, one per key, in the order first set; an empty value removes the key.
     pub context: Vec<(String, String)>,
 }
@@ -183,6 +185,24 @@ impl Request {
     /// Removes the header `name`.
     pub fn remove_header(&mut self, name: impl Into<String>) {
         remove_header(&mut self.headers, &mut self.changes.headers, name);
+    }
+
+    /// Sets the header `name` of the response this request gets, whether the backend's or a
+    /// plugin's, replacing its values. The gateway applies it as the response arrives, before any
+    /// on-response hook: a plugin whose response headers are known at on-request time (limits,
+    /// CORS, security headers) needs no on-response at all, and saves the gateway a hook call.
+    pub fn set_response_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.changes.response_headers.push(HeaderOp::Set(lower(name), value.into()));
+    }
+
+    /// Adds a value to the header `name` of the response (see [`Request::set_response_header`]).
+    pub fn append_response_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.changes.response_headers.push(HeaderOp::Append(lower(name), value.into()));
+    }
+
+    /// Removes the header `name` from the response (see [`Request::set_response_header`]).
+    pub fn remove_response_header(&mut self, name: impl Into<String>) {
+        self.changes.response_headers.push(HeaderOp::Remove(lower(name)));
     }
 
     /// The request context entry `key`: a small string map the gateway keeps for the request,

@@ -207,7 +207,7 @@ fn plugins_that_cannot_serve_are_refused_at_load() {
     let missing = format!("{LISTENER}\n[[plugin]]\nname = \"gone\"\npath = \"nowhere.wasm\"\n");
     for (config, expected) in [
         (failing, "plugin `bad`"),
-        (incompatible, "built against contract sluice:plugin@9.0.0, but this gateway implements sluice:plugin@0.1.x"),
+        (incompatible, "built against contract sluice:plugin@9.0.0, but this gateway implements sluice:plugin@0.2.x"),
         (missing, "plugin `gone`"),
     ] {
         let path = dir.write("gateway.toml", &config);

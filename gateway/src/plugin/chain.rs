@@ -48,6 +48,8 @@ pub struct Chain<'s> {
     /// Bit `i` is set when on-request of `chain[i]` ran.
     ran: u64,
     context: Vec<(String, String)>,
+    /// Header changes on-request asked for the response, in plugin order.
+    response_ops: Vec<Op>,
     /// The request as on-request left it, for on-response: method, path, encoded headers.
     request: Option<(String, String, Vec<u8>)>,
 }
@@ -56,7 +58,7 @@ impl<'s> Chain<'s> {
     /// The chain of plugins `chain` (indices into `all`, at most [`MAX_PLUGINS_PER_ROUTE`]) on
     /// route `route`.
     pub fn new(chain: &'s [usize], all: &'s [LoadedPlugin], route: &'s str) -> Self {
-        Chain { chain, all, route, ran: 0, context: Vec::new(), request: None }
+        Chain { chain, all, route, ran: 0, context: Vec::new(), response_ops: Vec::new(), request: None }
     }
 
     fn plugins(&self) -> impl DoubleEndedIterator<Item = (usize, &'s LoadedPlugin)> + use<'s> {
@@ -107,7 +109,7 @@ impl<'s> Chain<'s> {
             });
             match outcome {
                 Ok((changes, respond)) => {
-                    changes.apply(parts, target, &mut self.context);
+                    changes.apply(parts, target, &mut self.context, &mut self.response_ops);
                     self.ran |= 1 << position;
                     if let Some(response) = respond {
                         verdict = Verdict::Respond(Box::new(response));
@@ -129,8 +131,10 @@ impl<'s> Chain<'s> {
         &self.context
     }
 
-    /// Runs on-response of every plugin whose on-request ran, in reverse order.
+    /// Applies the response header changes on-request asked for, then runs on-response of every
+    /// plugin whose on-request ran, in reverse order.
     pub fn on_response(&mut self, response: &mut Response<ResponseBody>) -> Result<(), ProxyError> {
+        apply_ops(response.headers_mut(), std::mem::take(&mut self.response_ops));
         let empty = (String::new(), String::new(), Vec::new());
         let (method, path, request_headers) = self.request.as_ref().unwrap_or(&empty);
         for (position, plugin) in self.plugins().rev() {
@@ -258,6 +262,7 @@ struct RequestChanges {
     path: Option<String>,
     query: Option<String>,
     ops: Vec<Op>,
+    response_ops: Vec<Op>,
     context: Vec<(String, String)>,
 }
 
@@ -282,11 +287,18 @@ impl RequestChanges {
             path: changes.path,
             query: changes.query,
             ops: validate_ops(changes.headers)?,
+            response_ops: validate_ops(changes.response_headers)?,
             context: changes.context,
         })
     }
 
-    fn apply(self, parts: &mut request::Parts, target: &mut Target<'_>, context: &mut Vec<(String, String)>) {
+    fn apply(
+        self,
+        parts: &mut request::Parts,
+        target: &mut Target<'_>,
+        context: &mut Vec<(String, String)>,
+        response_ops: &mut Vec<Op>,
+    ) {
         if let Some(method) = self.method {
             parts.method = method;
         }
@@ -297,6 +309,7 @@ impl RequestChanges {
             target.query = (!query.is_empty()).then_some(Cow::Owned(query));
         }
         apply_ops(&mut parts.headers, self.ops);
+        response_ops.extend(self.response_ops);
         apply_context(context, self.context);
     }
 }

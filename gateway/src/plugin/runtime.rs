@@ -22,7 +22,7 @@ use super::state::{InMemoryState, SharedState};
 use crate::config::PluginConfig;
 
 /// The contract this gateway implements; plugins must export its `hooks` at the same major.minor.
-pub const CONTRACT: &str = "sluice:plugin@0.1";
+pub const CONTRACT: &str = "sluice:plugin@0.2";
 
 /// The process-wide engine, linker and shared state.
 #[derive(Clone)]

@@ -16,8 +16,9 @@
 //!   A refused request does not count, so a client that keeps retrying is not locked out longer.
 //! - Within the limit the response carries `RateLimit-Limit`, `RateLimit-Remaining` (requests
 //!   left now) and `RateLimit-Reset` (seconds until the current window ends; on a 429, the same
-//!   as `Retry-After`). on_request keeps these numbers in the request context ([`LIMIT_KEY`],
-//!   [`REMAINING_KEY`], [`RESET_KEY`]) and on_response copies them into the headers. With several
+//!   as `Retry-After`). on_request hands these headers to the gateway with its changes
+//!   ([`Request::set_response_header`]), so there is no on_response hook to call, and keeps the
+//!   numbers in the request context ([`LIMIT_KEY`], [`REMAINING_KEY`], [`RESET_KEY`]). With several
 //!   limiters on one route, the headers report the one with the fewest requests left.
 //!
 //! See the README for every config key.
@@ -26,7 +27,7 @@ use serde::Deserialize;
 use sluice_sdk::host::WindowCount;
 use sluice_sdk::prelude::*;
 
-/// The context key of the limit, for on_response.
+/// The context key of the limit.
 pub const LIMIT_KEY: &str = "ratelimit-limit";
 /// The context key of the requests left.
 pub const REMAINING_KEY: &str = "ratelimit-remaining";
@@ -153,17 +154,6 @@ impl Plugin for RateLimit {
             .header("content-type", "application/json")
             .body(LIMITED_BODY)
     }
-
-    fn on_response(&mut self, resp: &mut Response) -> ResponseAction {
-        for (key, header) in
-            [(LIMIT_KEY, "ratelimit-limit"), (REMAINING_KEY, "ratelimit-remaining"), (RESET_KEY, "ratelimit-reset")]
-        {
-            if let Some(value) = resp.context(key).map(str::to_owned) {
-                resp.set_header(header, value);
-            }
-        }
-        ResponseAction::Continue
-    }
 }
 
 impl RateLimit {
@@ -224,15 +214,20 @@ fn seconds(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
 }
 
-/// Keeps the numbers for on_response, unless an earlier limiter of this request has fewer
-/// requests left.
+/// Sets the numbers as response headers and context entries, unless an earlier limiter of this
+/// request has fewer requests left.
 fn stash(req: &mut Request, limit: u32, remaining: i64, reset_s: u64) {
     if req.context_as::<i64>(REMAINING_KEY).is_some_and(|theirs| theirs < remaining) {
         return;
     }
-    req.set_context(LIMIT_KEY, limit.to_string());
-    req.set_context(REMAINING_KEY, remaining.to_string());
-    req.set_context(RESET_KEY, reset_s.to_string());
+    for (key, header, value) in [
+        (LIMIT_KEY, "ratelimit-limit", limit.to_string()),
+        (REMAINING_KEY, "ratelimit-remaining", remaining.to_string()),
+        (RESET_KEY, "ratelimit-reset", reset_s.to_string()),
+    ] {
+        req.set_response_header(header, value.clone());
+        req.set_context(key, value);
+    }
 }
 
 export_plugin!(RateLimit);
@@ -251,7 +246,7 @@ mod tests {
         testing::init(config).expect("a valid config")
     }
 
-    /// Sends a request from `ip`; the reply if refused, else the numbers stashed for on_response.
+    /// Sends a request from `ip`; the reply if refused, else the numbers stashed in the context.
     fn send(p: &mut RateLimit, req: testing::RequestBuilder) -> Result<[String; 3], Reply> {
         let mut req = req.build();
         match p.on_request(&mut req) {
@@ -353,22 +348,23 @@ mod tests {
     }
 
     #[test]
-    fn on_response_reports_the_numbers_kept_in_the_context() {
-        let mut p = plugin(r#"{"limit": 3}"#);
-        let mut resp =
-            testing::response(200).context(LIMIT_KEY, "3").context(REMAINING_KEY, "1").context(RESET_KEY, "17").build();
-        assert!(p.on_response(&mut resp).is_continue());
+    fn the_numbers_go_into_the_response_headers_and_the_context() {
+        testing::reset();
+        testing::set_now_ms(T0 + 43_000);
+        let mut p = plugin(r#"{"limit": 3, "algorithm": "fixed_window"}"#);
+        let mut req = from("1.1.1.1").build();
+        assert!(p.on_request(&mut req).is_continue());
         assert_eq!(
-            resp.changes().headers,
+            req.changes().response_headers,
             [
                 HeaderOp::Set("ratelimit-limit".into(), "3".into()),
-                HeaderOp::Set("ratelimit-remaining".into(), "1".into()),
+                HeaderOp::Set("ratelimit-remaining".into(), "2".into()),
                 HeaderOp::Set("ratelimit-reset".into(), "17".into()),
             ]
         );
+        assert_eq!(req.context(RESET_KEY), Some("17"));
         let mut resp = testing::response(200).build();
-        assert!(p.on_response(&mut resp).is_continue());
-        assert_eq!(resp.changes().headers, [], "a request that was not limited gets no headers");
+        assert_eq!(p.on_response(&mut resp), ResponseAction::not_implemented(), "no on_response hook");
     }
 
     #[test]
@@ -381,6 +377,16 @@ mod tests {
         assert!(narrow.on_request(&mut req).is_continue());
         assert!(wide.on_request(&mut req).is_continue());
         assert_eq!((req.context(LIMIT_KEY), req.context(REMAINING_KEY)), (Some("2"), Some("1")));
+        let remaining: Vec<_> = req
+            .changes()
+            .response_headers
+            .iter()
+            .filter_map(|op| match op {
+                HeaderOp::Set(name, value) if name == "ratelimit-remaining" => Some(value.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(remaining, ["1"], "only the narrower limiter set the headers");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //!    where `$1` or `${name}` insert a capture group. The query is kept.
 //! 3. `request_headers`: `remove`, then `set` (replace every value), then `add` (append a value).
 //!
-//! on_response applies `response_headers` the same way, to every response of the route, the
-//! redirects included.
+//! `response_headers` are applied the same way to every response of the route, the redirects
+//! included: on_request hands them to the gateway with the request's changes, so the plugin has
+//! no on_response hook.
 //!
 //! Prefixes match whole segments, as route prefixes do: `/old` matches `/old` and `/old/x`, not
 //! `/oldx`; a trailing `/` is ignored, and `/` matches every path. Regexes use the `regex` crate's
@@ -120,8 +121,19 @@ impl Plugin for Rewrite {
     }
 
     fn on_request(&mut self, req: &mut Request) -> Action {
-        if self.redirects.is_empty() && self.rules.is_empty() && self.request_headers.is_empty() {
+        if self.redirects.is_empty()
+            && self.rules.is_empty()
+            && self.request_headers.is_empty()
+            && self.response_headers.is_empty()
+        {
             return Action::not_implemented();
+        }
+        for op in &self.response_headers {
+            match op.clone() {
+                HeaderOp::Set(name, value) => req.set_response_header(name, value),
+                HeaderOp::Append(name, value) => req.append_response_header(name, value),
+                HeaderOp::Remove(name) => req.remove_response_header(name),
+            }
         }
         if let Some((status, location)) = self.redirect(req.path(), req.query()) {
             return Action::respond(status).header("location", location);
@@ -137,20 +149,6 @@ impl Plugin for Rewrite {
             }
         }
         Action::Continue
-    }
-
-    fn on_response(&mut self, resp: &mut Response) -> ResponseAction {
-        if self.response_headers.is_empty() {
-            return ResponseAction::not_implemented();
-        }
-        for op in &self.response_headers {
-            match op.clone() {
-                HeaderOp::Set(name, value) => resp.set_header(name, value),
-                HeaderOp::Append(name, value) => resp.append_header(name, value),
-                HeaderOp::Remove(name) => resp.remove_header(name),
-            }
-        }
-        ResponseAction::Continue
     }
 }
 
@@ -368,13 +366,9 @@ mod tests {
             HeaderOp::Append("x-add".into(), "two".into()),
         ];
         assert_eq!(req.changes().headers, expected);
+        assert_eq!(req.changes().response_headers, expected);
         assert_eq!(req.changes().path, None);
         assert_eq!(req.headers("x-add").collect::<Vec<_>>(), ["one", "two"]);
-
-        let mut resp = testing::response(200).header("x-drop", "a").header("x-set", "old").build();
-        assert!(p.on_response(&mut resp).is_continue());
-        assert_eq!(resp.changes().headers, expected);
-        assert_eq!((resp.header_str("x-drop"), resp.header_str("x-set")), (None, Some("new")));
     }
 
     #[test]
@@ -398,6 +392,16 @@ mod tests {
             assert_eq!(*req.changes(), Default::default(), "a redirect changes nothing else");
         }
         assert_eq!(rewritten(&mut p, "/docsx"), "/never/docsx", "no redirect matches: the rules apply");
+        let mut p = plugin(
+            r#"{"redirects": [{"prefix": "/old", "to": "/new"}], "response_headers": {"set": {"x-by": "sluice"}}}"#,
+        );
+        let mut req = testing::request("GET", "/old").build();
+        assert_eq!(p.on_request(&mut req).reply(), Some(&Reply::new(302).header("location", "/new")));
+        assert_eq!(
+            req.changes().response_headers,
+            [HeaderOp::Set("x-by".into(), "sluice".into())],
+            "response headers apply to redirects too"
+        );
     }
 
     #[test]
@@ -406,11 +410,10 @@ mod tests {
         let mut req = testing::request("GET", "/").build();
         assert_eq!(p.on_request(&mut req), Action::not_implemented());
         let mut resp = testing::response(200).build();
-        assert_eq!(p.on_response(&mut resp), ResponseAction::not_implemented());
+        assert_eq!(p.on_response(&mut resp), ResponseAction::not_implemented(), "never needed");
 
         let mut p = plugin(r#"{"response_headers": {"remove": ["server"]}}"#);
-        assert_eq!(p.on_request(&mut req), Action::not_implemented());
-        assert!(p.on_response(&mut resp).is_continue());
+        assert!(p.on_request(&mut req).is_continue());
     }
 
     #[test]

@@ -120,7 +120,10 @@ impl Fields {
         while let Some((n, v)) = Fields::entries(&self.buf[at..]).next() {
             let len = 8 + n.len() + v.len();
             if !self.names.matches(n, name.as_bytes()) {
-                self.buf.copy_within(at..at + len, kept);
+                // Nothing moves until the first removed entry.
+                if kept != at {
+                    self.buf.copy_within(at..at + len, kept);
+                }
                 kept += len;
             }
             at += len;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, request};
 
 use super::bindings::types::{self, HeaderOp, RequestAction, ResponseAction, Selection};
-use super::fields::{self, RequestLine};
+use super::fields::{self, IpText, RequestLine};
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
@@ -76,7 +76,7 @@ impl<'s> Chain<'s> {
         if self.chain.is_empty() {
             return Ok(Verdict::Continue);
         }
-        let client_ip = client_ip.to_string();
+        let client_ip = IpText::new(client_ip);
         let mut verdict = Verdict::Continue;
         for (position, plugin) in self.plugins() {
             if !plugin.implements(Hook::OnRequest) {
@@ -88,7 +88,7 @@ impl<'s> Chain<'s> {
                     method: parts.method.as_str(),
                     path: &target.path,
                     query: target.query.as_deref().unwrap_or(""),
-                    client_ip: &client_ip,
+                    client_ip: client_ip.as_str(),
                     route: self.route,
                 };
                 let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
@@ -222,12 +222,12 @@ pub fn select_backend(
         return Ok(None);
     }
     let Selecting { method, headers, target, client_ip, route, context } = *request;
-    let client_ip = client_ip.to_string();
+    let client_ip = IpText::new(client_ip);
     let line = RequestLine {
         method: method.as_str(),
         path: &target.path,
         query: target.query.as_deref().unwrap_or(""),
-        client_ip: &client_ip,
+        client_ip: client_ip.as_str(),
         route,
     };
     let selection = fields::with_scratch(|scratch| {

@@ -15,6 +15,7 @@
 //! | `trap` | on_request | panics when `x-trap` is present |
 //! | `init-fail` | none | `init` fails |
 //! | `bench` | on_request | reads two headers and sets one: a cheap, typical hook |
+//! | `noop` | on_request | continues without reading or changing anything: the cost of a call itself |
 //! | `build` | on_response | stamps responses with the build marker [`BUILD`] |
 //!
 //! See [`Testkit`] for the exact behaviour of each mode.
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use sluice_sdk::prelude::*;
 
 /// The valid modes, as the init error lists them.
-pub const MODES: &str = "tag, select, counter, loop, hog, trap, init-fail, bench, build";
+pub const MODES: &str = "tag, select, counter, loop, hog, trap, init-fail, bench, noop, build";
 
 /// The marker `build` mode puts in `x-build`. The reload tests make a second build of this plugin
 /// by replacing these bytes in the component with another marker of the same length.
@@ -83,6 +84,7 @@ enum Mode {
     Hog,
     Trap,
     Bench,
+    Noop,
     Build,
 }
 
@@ -109,6 +111,7 @@ impl Plugin for Testkit {
             "hog" => Mode::Hog,
             "trap" => Mode::Trap,
             "bench" => Mode::Bench,
+            "noop" => Mode::Noop,
             "build" => Mode::Build,
             "init-fail" => return Err("testkit init refused: bad config".into()),
             other => {
@@ -172,6 +175,7 @@ impl Plugin for Testkit {
                 req.set_header("x-bench", "1");
                 Action::Continue
             }
+            Mode::Noop => Action::Continue,
             Mode::Select | Mode::Build => Action::not_implemented(),
         }
     }

@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::HeaderOp;
+
 /// How names compare: header names ignore ASCII case, context keys do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Names {
@@ -103,23 +105,15 @@ impl Fields {
 
     /// Adds an entry at the end, keeping the existing ones.
     pub(crate) fn append(&mut self, name: &[u8], value: &[u8]) {
-        let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len())) else {
-            // Over 4 GiB: cannot be encoded, and cannot have come from the host either.
-            return;
-        };
-        self.buf.reserve(8 + name.len() + value.len());
-        self.buf.extend_from_slice(&name_len.to_le_bytes());
-        self.buf.extend_from_slice(name);
-        self.buf.extend_from_slice(&value_len.to_le_bytes());
-        self.buf.extend_from_slice(value);
+        push_entry(&mut self.buf, name, value);
     }
 
     /// Removes every entry stored under `name`, moving the later entries down in place.
-    pub(crate) fn remove(&mut self, name: &str) {
+    pub(crate) fn remove(&mut self, name: &[u8]) {
         let (mut kept, mut at) = (self.start, self.start);
         while let Some((n, v)) = Fields::entries(&self.buf[at..]).next() {
             let len = 8 + n.len() + v.len();
-            if !self.names.matches(n, name.as_bytes()) {
+            if !self.names.matches(n, name) {
                 // Nothing moves until the first removed entry.
                 if kept != at {
                     self.buf.copy_within(at..at + len, kept);
@@ -133,9 +127,9 @@ impl Fields {
     }
 
     /// Replaces every entry stored under `name` with one entry holding `value`.
-    pub(crate) fn set(&mut self, name: &str, value: &[u8]) {
+    pub(crate) fn set(&mut self, name: &[u8], value: &[u8]) {
         self.remove(name);
-        self.append(name.as_bytes(), value);
+        self.append(name, value);
     }
 }
 
@@ -184,6 +178,72 @@ impl<'a> Iterator for Iter<'a> {
         }
         entry
     }
+}
+
+/// Appends an entry to an encoded buffer.
+pub(crate) fn push_entry(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len())) else {
+        // Over 4 GiB: cannot be encoded, and cannot have come from the host either.
+        return;
+    };
+    buf.reserve(8 + name.len() + value.len());
+    buf.extend_from_slice(&name_len.to_le_bytes());
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(&value_len.to_le_bytes());
+    buf.extend_from_slice(value);
+}
+
+/// The kind of a header change, numbered as the WIT's `header-changes` encoding numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Change {
+    Set = 0,
+    Append = 1,
+    Remove = 2,
+}
+
+/// Appends a header change to a `header-changes` buffer, lower-casing the name in place (no
+/// allocation), and returns the name as written. `value` is ignored for [`Change::Remove`].
+pub(crate) fn push_change<'b>(buf: &'b mut Vec<u8>, change: Change, name: &str, value: &str) -> &'b [u8] {
+    let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len())) else {
+        // Over 4 GiB: cannot be encoded; the gateway would refuse such a header anyway.
+        return &[];
+    };
+    buf.push(change as u8);
+    buf.extend_from_slice(&name_len.to_le_bytes());
+    let name_at = buf.len();
+    buf.extend_from_slice(name.as_bytes());
+    buf[name_at..].make_ascii_lowercase();
+    if change != Change::Remove {
+        buf.extend_from_slice(&value_len.to_le_bytes());
+        buf.extend_from_slice(value.as_bytes());
+    }
+    &buf[name_at..name_at + name.len()]
+}
+
+/// The changes of a `header-changes` buffer, for tests to read; stops at a malformed entry.
+pub(crate) fn changes(mut buf: &[u8]) -> Vec<HeaderOp> {
+    let mut out = Vec::new();
+    let chunk = |buf: &mut &[u8]| -> Option<String> {
+        let mut iter = Iter { rest: buf };
+        let text = iter.chunk().map(|b| String::from_utf8_lossy(b).into_owned());
+        *buf = iter.rest;
+        text
+    };
+    while let Some((&kind, rest)) = buf.split_first() {
+        buf = rest;
+        let Some(name) = chunk(&mut buf) else { break };
+        let op = match kind {
+            k if k == Change::Remove as u8 => HeaderOp::Remove(name),
+            k if k == Change::Set as u8 || k == Change::Append as u8 => {
+                let Some(value) = chunk(&mut buf) else { break };
+                if k == Change::Set as u8 { HeaderOp::Set(name, value) } else { HeaderOp::Append(name, value) }
+            }
+            _ => break,
+        };
+        out.push(op);
+    }
+    out
 }
 
 /// Encodes string pairs (used by the test builders).
@@ -244,13 +304,31 @@ mod tests {
     #[test]
     fn set_replaces_every_value_and_keeps_the_order_of_others() {
         let mut f = encode([("a", "1"), ("b", "2"), ("A", "3"), ("c", "4")], Names::CaseInsensitive);
-        f.set("a", b"9");
+        f.set(b"a", b"9");
         assert_eq!(pairs(&f), [("b", "2"), ("c", "4"), ("a", "9")].map(|(n, v)| (n.into(), v.into())));
-        f.remove("B");
+        f.remove(b"B");
         f.append(b"c", b"5");
         assert_eq!(pairs(&f), [("c", "4"), ("a", "9"), ("c", "5")].map(|(n, v)| (n.into(), v.into())));
-        f.remove("absent");
+        f.remove(b"absent");
         assert_eq!(f.iter().count(), 3);
+    }
+
+    #[test]
+    fn header_changes_lower_case_names_and_decode_in_order() {
+        let mut buf = Vec::new();
+        assert_eq!(push_change(&mut buf, Change::Set, "X-A", "1"), b"x-a");
+        push_change(&mut buf, Change::Remove, "B", "ignored");
+        push_change(&mut buf, Change::Append, "c", "");
+        assert_eq!(&buf[..12], b"\0\x03\0\0\0x-a\x01\0\0\0\x31", "kind, name length, name, value length, value");
+        let expected = [
+            HeaderOp::Set("x-a".into(), "1".into()),
+            HeaderOp::Remove("b".into()),
+            HeaderOp::Append("c".into(), "".into()),
+        ];
+        assert_eq!(changes(&buf), expected);
+        buf.extend_from_slice(b"\x07\x01\0\0\0z");
+        assert_eq!(changes(&buf), expected, "an unknown kind ends the list");
+        assert_eq!(changes(&buf[..buf.len() - 9]).len(), 2, "so does a cut-off entry");
     }
 
     #[test]

@@ -12,11 +12,8 @@ use std::thread::LocalKey;
 
 use crate::__bindings::sluice::plugin::types as wit;
 use crate::fields::{Fields, Names};
-use crate::message::Text;
-use crate::{
-    Action, Backend, Config, HeaderOp, Plugin, Reply, Request, RequestChanges, Response, ResponseAction,
-    ResponseChanges, Selection, TlsInfo,
-};
+use crate::message::{RequestRecord, ResponseRecord, Text};
+use crate::{Action, Backend, Config, Plugin, Reply, Request, Response, ResponseAction, Selection, TlsInfo};
 
 /// Where an instance keeps its plugin value: `None` until `init` succeeds.
 pub type State<P> = LocalKey<RefCell<Option<P>>>;
@@ -57,7 +54,7 @@ pub fn on_request<P: Plugin>(state: &'static State<P>, request: wit::Request) ->
         let Some(plugin) = plugin else {
             return wit::RequestOutcome {
                 action: wit::RequestAction::Respond(reply(Reply::new(500).body(NOT_INITIALISED))),
-                changes: request_changes(RequestChanges::default()),
+                changes: request_changes(RequestRecord::default()),
             };
         };
         let mut req = Request::from(request);
@@ -65,7 +62,7 @@ pub fn on_request<P: Plugin>(state: &'static State<P>, request: wit::Request) ->
         let (action, changes) = match action {
             Action::Continue => (wit::RequestAction::Continue, req.changes),
             Action::Respond(r) => (wit::RequestAction::Respond(reply(r)), req.changes),
-            Action::NotImplemented => (wit::RequestAction::NotImplemented, RequestChanges::default()),
+            Action::NotImplemented => (wit::RequestAction::NotImplemented, RequestRecord::default()),
         };
         wit::RequestOutcome { action, changes: request_changes(changes) }
     })
@@ -77,7 +74,7 @@ pub fn on_response<P: Plugin>(state: &'static State<P>, head: wit::ResponseHead)
         let Some(plugin) = plugin else {
             return wit::ResponseOutcome {
                 action: wit::ResponseAction::Replace(reply(Reply::new(500).body(NOT_INITIALISED))),
-                changes: response_changes(ResponseChanges::default()),
+                changes: response_changes(ResponseRecord::default()),
             };
         };
         let mut resp = Response::from(head);
@@ -85,7 +82,7 @@ pub fn on_response<P: Plugin>(state: &'static State<P>, head: wit::ResponseHead)
         let (action, changes) = match action {
             ResponseAction::Continue => (wit::ResponseAction::Continue, resp.changes),
             ResponseAction::Replace(r) => (wit::ResponseAction::Replace(reply(r)), resp.changes),
-            ResponseAction::NotImplemented => (wit::ResponseAction::NotImplemented, ResponseChanges::default()),
+            ResponseAction::NotImplemented => (wit::ResponseAction::NotImplemented, ResponseRecord::default()),
         };
         wit::ResponseOutcome { action, changes: response_changes(changes) }
     })
@@ -141,7 +138,7 @@ impl From<wit::Request> for Request {
             route,
             tls: r.tls.map(|t| TlsInfo { server_name: t.server_name, client_subject: t.client_subject }),
             context: Fields::from_bytes(r.context, Names::Exact),
-            changes: RequestChanges::default(),
+            changes: RequestRecord::default(),
         }
     }
 }
@@ -156,7 +153,7 @@ impl From<wit::ResponseHead> for Response {
             request_headers: Fields::from_bytes(h.request_headers, Names::CaseInsensitive),
             route: h.route,
             context: Fields::from_bytes(h.context, Names::Exact),
-            changes: ResponseChanges::default(),
+            changes: ResponseRecord::default(),
         }
     }
 }
@@ -171,35 +168,26 @@ fn reply(r: Reply) -> wit::Response {
     wit::Response { status: r.status, headers: r.headers, body: r.body }
 }
 
-fn header_ops(ops: Vec<HeaderOp>) -> Vec<wit::HeaderOp> {
-    ops.into_iter()
-        .map(|op| match op {
-            HeaderOp::Set(n, v) => wit::HeaderOp::Set((n, v)),
-            HeaderOp::Append(n, v) => wit::HeaderOp::Append((n, v)),
-            HeaderOp::Remove(n) => wit::HeaderOp::Remove(n),
-        })
-        .collect()
-}
-
-fn request_changes(c: RequestChanges) -> wit::RequestChanges {
+fn request_changes(c: RequestRecord) -> wit::RequestChanges {
     wit::RequestChanges {
         method: c.method,
         path: c.path,
         query: c.query,
-        headers: header_ops(c.headers),
-        response_headers: header_ops(c.response_headers),
+        headers: c.headers,
+        response_headers: c.response_headers,
         context: c.context,
     }
 }
 
-fn response_changes(c: ResponseChanges) -> wit::ResponseChanges {
-    wit::ResponseChanges { status: c.status, headers: header_ops(c.headers), context: c.context }
+fn response_changes(c: ResponseRecord) -> wit::ResponseChanges {
+    wit::ResponseChanges { status: c.status, headers: c.headers, context: c.context }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fields::encode;
+    use crate::HeaderOp;
+    use crate::fields::{self, encode};
 
     /// Records what it saw, changes a bit of everything, and answers by header.
     struct Probe {
@@ -286,15 +274,10 @@ mod tests {
         let out = on_request(&PROBE, wit_request(&[("x-in", "42")]));
         assert!(matches!(out.action, wit::RequestAction::Continue));
         assert_eq!(out.changes.path.as_deref(), Some("/rewritten"));
-        assert!(matches!(
-            out.changes.headers.as_slice(),
-            [wit::HeaderOp::Set((n, v))] if n == "x-greeting" && v == "hello"
-        ));
-        assert_eq!(out.changes.context, [("seen".into(), "42".into())]);
-        assert!(matches!(
-            out.changes.response_headers.as_slice(),
-            [wit::HeaderOp::Set((n, v))] if n == "x-seen" && v == "yes"
-        ));
+        // The flat encodings of the WIT: kind, name length, name, value length, value.
+        assert_eq!(out.changes.headers, b"\0\x0a\0\0\0x-greeting\x05\0\0\0hello");
+        assert_eq!(out.changes.context, b"\x04\0\0\0seen\x02\0\0\042");
+        assert_eq!(fields::changes(&out.changes.response_headers), [HeaderOp::Set("x-seen".into(), "yes".into())]);
 
         let out = on_request(&PROBE, wit_request(&[("x-stop", "1")]));
         let wit::RequestAction::Respond(r) = out.action else {
@@ -321,10 +304,7 @@ mod tests {
         let out = on_response(&PROBE, wit_head());
         assert!(matches!(out.action, wit::ResponseAction::Continue));
         assert_eq!(out.changes.status, Some(201));
-        assert!(matches!(
-            out.changes.headers.as_slice(),
-            [wit::HeaderOp::Append((n, v))] if n == "x-route" && v == "api"
-        ));
+        assert_eq!(fields::changes(&out.changes.headers), [HeaderOp::Append("x-route".into(), "api".into())]);
     }
 
     struct Picker;

@@ -3,13 +3,14 @@
 //!
 //! Headers and the request context arrive from the gateway in the flat `fields` encoding and are
 //! read in place, so a hook pays only for what it reads. Every mutator does two things: it
-//! records the change for the gateway ([`Request::changes`], [`Response::changes`]), and it
-//! updates the value, so later reads in the same hook see the change. The gateway applies the
-//! recorded changes only when the hook returns normally.
+//! records the change for the gateway, already in the flat encoding the WIT wants (one buffer per
+//! kind of change, no allocation per header), and it updates the value, so later reads in the
+//! same hook see the change. The gateway applies the recorded changes only when the hook returns
+//! normally. Tests read them decoded, through [`Request::changes`] and [`Response::changes`].
 
 use std::str::FromStr;
 
-use crate::fields::{Fields, Names};
+use crate::fields::{self, Change, Fields, Names};
 
 /// TLS facts of the client connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,8 +43,7 @@ pub enum HeaderOp {
     Remove(String),
 }
 
-/// What a hook changed in the request, in the order the gateway applies it. Read it in tests
-/// through [`Request::changes`].
+/// What a hook changed in the request, decoded for tests: see [`Request::changes`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RequestChanges {
@@ -61,7 +61,7 @@ pub struct RequestChanges {
     pub context: Vec<(String, String)>,
 }
 
-/// What on-response changed. Read it in tests through [`Response::changes`].
+/// What on-response changed, decoded for tests: see [`Response::changes`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ResponseChanges {
@@ -91,23 +91,47 @@ pub struct Request {
     pub(crate) route: Text,
     pub(crate) tls: Option<TlsInfo>,
     pub(crate) context: Fields,
-    pub(crate) changes: RequestChanges,
+    pub(crate) changes: RequestRecord,
+}
+
+/// What on-request or select-backend changed, as it crosses to the gateway.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestRecord {
+    pub(crate) method: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) query: Option<String>,
+    /// `header-changes`.
+    pub(crate) headers: Vec<u8>,
+    /// `header-changes`.
+    pub(crate) response_headers: Vec<u8>,
+    /// `fields`: every context entry set, in order; a later one for a key wins.
+    pub(crate) context: Vec<u8>,
+}
+
+/// What on-response changed, as it crosses to the gateway.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResponseRecord {
+    pub(crate) status: Option<u16>,
+    /// `header-changes`.
+    pub(crate) headers: Vec<u8>,
+    /// `fields`, as in [`RequestRecord::context`].
+    pub(crate) context: Vec<u8>,
 }
 
 impl Request {
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
-        self.method.get(self.headers.buffer())
+        self.changes.method.as_deref().unwrap_or_else(|| self.method.get(self.headers.buffer()))
     }
 
     /// The normalised path, without the query, e.g. `/api/users`.
     pub fn path(&self) -> &str {
-        self.path.get(self.headers.buffer())
+        self.changes.path.as_deref().unwrap_or_else(|| self.path.get(self.headers.buffer()))
     }
 
     /// The query without the leading `?`; empty when there is none.
     pub fn query(&self) -> &str {
-        self.query.get(self.headers.buffer())
+        self.changes.query.as_deref().unwrap_or_else(|| self.query.get(self.headers.buffer()))
     }
 
     /// The client address: the TCP peer, or the client named by a trusted proxy.
@@ -152,57 +176,51 @@ impl Request {
 
     /// Changes the method.
     pub fn set_method(&mut self, method: impl Into<String>) {
-        let method = method.into();
-        self.changes.method = Some(method.clone());
-        self.method = Text::Owned(method);
+        self.changes.method = Some(method.into());
     }
 
     /// Changes the path, which must start with `/`.
     pub fn set_path(&mut self, path: impl Into<String>) {
-        let path = path.into();
-        self.changes.path = Some(path.clone());
-        self.path = Text::Owned(path);
+        self.changes.path = Some(path.into());
     }
 
     /// Changes the query (without `?`); an empty query removes it.
     pub fn set_query(&mut self, query: impl Into<String>) {
-        let query = query.into();
-        self.changes.query = Some(query.clone());
-        self.query = Text::Owned(query);
+        self.changes.query = Some(query.into());
     }
 
     /// Replaces every value of the header `name` with `value`. The name is lower-cased; the
     /// gateway checks names and values when it applies the change.
-    pub fn set_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        set_header(&mut self.headers, &mut self.changes.headers, name, value);
+    pub fn set_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        change_header(&mut self.headers, &mut self.changes.headers, Change::Set, name.as_ref(), value.as_ref());
     }
 
     /// Adds a value to the header `name`, keeping the existing ones.
-    pub fn append_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        append_header(&mut self.headers, &mut self.changes.headers, name, value);
+    pub fn append_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        change_header(&mut self.headers, &mut self.changes.headers, Change::Append, name.as_ref(), value.as_ref());
     }
 
     /// Removes the header `name`.
-    pub fn remove_header(&mut self, name: impl Into<String>) {
-        remove_header(&mut self.headers, &mut self.changes.headers, name);
+    pub fn remove_header(&mut self, name: impl AsRef<str>) {
+        change_header(&mut self.headers, &mut self.changes.headers, Change::Remove, name.as_ref(), "");
     }
 
     /// Sets the header `name` of the response this request gets, whether the backend's or a
     /// plugin's, replacing its values. The gateway applies it as the response arrives, before any
     /// on-response hook: a plugin whose response headers are known at on-request time (limits,
     /// CORS, security headers) needs no on-response at all, and saves the gateway a hook call.
-    pub fn set_response_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.changes.response_headers.push(HeaderOp::Set(lower(name), value.into()));
+    pub fn set_response_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        fields::push_change(&mut self.changes.response_headers, Change::Set, name.as_ref(), value.as_ref());
     }
 
     /// Adds a value to the header `name` of the response (see [`Request::set_response_header`]).
-    pub fn append_response_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.changes.response_headers.push(HeaderOp::Append(lower(name), value.into()));
+    pub fn append_response_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        fields::push_change(&mut self.changes.response_headers, Change::Append, name.as_ref(), value.as_ref());
     }
 
     /// Removes the header `name` from the response (see [`Request::set_response_header`]).
-    pub fn remove_response_header(&mut self, name: impl Into<String>) {
-        self.changes.response_headers.push(HeaderOp::Remove(lower(name)));
+    pub fn remove_response_header(&mut self, name: impl AsRef<str>) {
+        fields::push_change(&mut self.changes.response_headers, Change::Remove, name.as_ref(), "");
     }
 
     /// The request context entry `key`: a small string map the gateway keeps for the request,
@@ -218,18 +236,26 @@ impl Request {
 
     /// Sets the context entry `key`, for later hooks of this request (any plugin) and the access
     /// log. An empty value removes the key.
-    pub fn set_context(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        set_context(&mut self.context, &mut self.changes.context, key, value);
+    pub fn set_context(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), value.as_ref());
     }
 
     /// Removes the context entry `key`.
-    pub fn remove_context(&mut self, key: impl Into<String>) {
-        set_context(&mut self.context, &mut self.changes.context, key, "");
+    pub fn remove_context(&mut self, key: impl AsRef<str>) {
+        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), "");
     }
 
-    /// What this hook changed so far, in the form the gateway receives.
-    pub fn changes(&self) -> &RequestChanges {
-        &self.changes
+    /// What this hook changed so far, decoded (the gateway receives it in a flat encoding).
+    pub fn changes(&self) -> RequestChanges {
+        let c = &self.changes;
+        RequestChanges {
+            method: c.method.clone(),
+            path: c.path.clone(),
+            query: c.query.clone(),
+            headers: fields::changes(&c.headers),
+            response_headers: fields::changes(&c.response_headers),
+            context: context_changes(&c.context),
+        }
     }
 }
 
@@ -244,7 +270,7 @@ pub struct Response {
     pub(crate) request_headers: Fields,
     pub(crate) route: String,
     pub(crate) context: Fields,
-    pub(crate) changes: ResponseChanges,
+    pub(crate) changes: ResponseRecord,
 }
 
 impl Response {
@@ -286,18 +312,18 @@ impl Response {
 
     /// Replaces every value of the response header `name` with `value` (see
     /// [`Request::set_header`]).
-    pub fn set_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        set_header(&mut self.headers, &mut self.changes.headers, name, value);
+    pub fn set_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        change_header(&mut self.headers, &mut self.changes.headers, Change::Set, name.as_ref(), value.as_ref());
     }
 
     /// Adds a value to the response header `name`.
-    pub fn append_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        append_header(&mut self.headers, &mut self.changes.headers, name, value);
+    pub fn append_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        change_header(&mut self.headers, &mut self.changes.headers, Change::Append, name.as_ref(), value.as_ref());
     }
 
     /// Removes the response header `name`.
-    pub fn remove_header(&mut self, name: impl Into<String>) {
-        remove_header(&mut self.headers, &mut self.changes.headers, name);
+    pub fn remove_header(&mut self, name: impl AsRef<str>) {
+        change_header(&mut self.headers, &mut self.changes.headers, Change::Remove, name.as_ref(), "");
     }
 
     /// The request's method.
@@ -342,18 +368,22 @@ impl Response {
 
     /// Sets the context entry `key` (an empty value removes it): later on-response hooks and
     /// the access log see it.
-    pub fn set_context(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        set_context(&mut self.context, &mut self.changes.context, key, value);
+    pub fn set_context(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), value.as_ref());
     }
 
     /// Removes the context entry `key`.
-    pub fn remove_context(&mut self, key: impl Into<String>) {
-        set_context(&mut self.context, &mut self.changes.context, key, "");
+    pub fn remove_context(&mut self, key: impl AsRef<str>) {
+        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), "");
     }
 
-    /// What this hook changed so far, in the form the gateway receives.
-    pub fn changes(&self) -> &ResponseChanges {
-        &self.changes
+    /// What this hook changed so far, decoded (the gateway receives it in a flat encoding).
+    pub fn changes(&self) -> ResponseChanges {
+        ResponseChanges {
+            status: self.changes.status,
+            headers: fields::changes(&self.changes.headers),
+            context: context_changes(&self.changes.context),
+        }
     }
 }
 
@@ -391,47 +421,37 @@ fn utf8_entries(fields: &Fields) -> impl Iterator<Item = (&str, &str)> {
     fields.iter().filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
 }
 
-fn lower(name: impl Into<String>) -> String {
-    let mut name = name.into();
-    name.make_ascii_lowercase();
-    name
+/// Records a header change and applies it to `headers`, so later reads see it.
+fn change_header(headers: &mut Fields, changes: &mut Vec<u8>, change: Change, name: &str, value: &str) {
+    let name = fields::push_change(changes, change, name, value);
+    match change {
+        Change::Set => headers.set(name, value.as_bytes()),
+        Change::Append => headers.append(name, value.as_bytes()),
+        Change::Remove => headers.remove(name),
+    }
 }
 
-fn set_header(fields: &mut Fields, ops: &mut Vec<HeaderOp>, name: impl Into<String>, value: impl Into<String>) {
-    let (name, value) = (lower(name), value.into());
-    fields.set(&name, value.as_bytes());
-    ops.push(HeaderOp::Set(name, value));
-}
-
-fn append_header(fields: &mut Fields, ops: &mut Vec<HeaderOp>, name: impl Into<String>, value: impl Into<String>) {
-    let (name, value) = (lower(name), value.into());
-    fields.append(name.as_bytes(), value.as_bytes());
-    ops.push(HeaderOp::Append(name, value));
-}
-
-fn remove_header(fields: &mut Fields, ops: &mut Vec<HeaderOp>, name: impl Into<String>) {
-    let name = lower(name);
-    fields.remove(&name);
-    ops.push(HeaderOp::Remove(name));
-}
-
-fn set_context(
-    fields: &mut Fields,
-    changes: &mut Vec<(String, String)>,
-    key: impl Into<String>,
-    value: impl Into<String>,
-) {
-    let (key, value) = (key.into(), value.into());
+/// Records a context entry and applies it to `context`; an empty value removes the key.
+fn set_context(context: &mut Fields, changes: &mut Vec<u8>, key: &str, value: &str) {
     if value.is_empty() {
-        fields.remove(&key);
+        context.remove(key.as_bytes());
     } else {
-        fields.set(&key, value.as_bytes());
+        context.set(key.as_bytes(), value.as_bytes());
     }
-    // Only the last value of a key matters to the gateway: keep one entry per key.
-    match changes.iter_mut().find(|(k, _)| *k == key) {
-        Some(entry) => entry.1 = value,
-        None => changes.push((key, value)),
+    fields::push_entry(changes, key.as_bytes(), value.as_bytes());
+}
+
+/// The context entries a hook set, one per key (its last value), in the order first set.
+fn context_changes(buf: &[u8]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (key, value) in Fields::entries(buf) {
+        let (key, value) = (String::from_utf8_lossy(key).into_owned(), String::from_utf8_lossy(value).into_owned());
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => out.push((key, value)),
+        }
     }
+    out
 }
 
 impl Request {
@@ -446,7 +466,7 @@ impl Request {
             route: "test".into(),
             tls: None,
             context: Fields::new(Names::Exact),
-            changes: RequestChanges::default(),
+            changes: RequestRecord::default(),
         }
     }
 }
@@ -462,7 +482,7 @@ impl Response {
             request_headers: Fields::new(Names::CaseInsensitive),
             route: "test".into(),
             context: Fields::new(Names::Exact),
-            changes: ResponseChanges::default(),
+            changes: ResponseRecord::default(),
         }
     }
 }

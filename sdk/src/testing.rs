@@ -369,7 +369,7 @@ mod tests {
         assert_eq!((req.client_ip(), req.route()), ("10.1.2.3", "api"));
         assert_eq!(req.tls().and_then(|t| t.server_name.as_deref()), Some("api.example.com"));
         assert_eq!(req.context("user"), Some("ada"));
-        assert_eq!(*req.changes(), Default::default());
+        assert_eq!(req.changes(), Default::default());
     }
 
     #[test]

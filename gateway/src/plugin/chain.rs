@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, request};
 
-use super::bindings::types::{self, HeaderOp, RequestAction, ResponseAction, Selection};
-use super::fields::{self, IpText, RequestLine};
+use super::bindings::types::{self, RequestAction, ResponseAction, Selection};
+use super::fields::{self, Change, IpText, RequestLine};
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
@@ -157,7 +157,8 @@ impl<'s> Chain<'s> {
             })
             .and_then(|outcome| {
                 let status = outcome.changes.status.map(status_code).transpose()?;
-                let ops = validate_ops(outcome.changes.headers)?;
+                let ops = validate_ops(&outcome.changes.headers)?;
+                let context = validate_context(&outcome.changes.context)?;
                 let replace = match outcome.action {
                     ResponseAction::Continue => None,
                     ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
@@ -166,7 +167,7 @@ impl<'s> Chain<'s> {
                         None
                     }
                 };
-                Ok((status, ops, outcome.changes.context, replace))
+                Ok((status, ops, context, replace))
             });
             match outcome {
                 Ok((status, ops, context, replace)) => {
@@ -286,9 +287,9 @@ impl RequestChanges {
             method,
             path: changes.path,
             query: changes.query,
-            ops: validate_ops(changes.headers)?,
-            response_ops: validate_ops(changes.response_headers)?,
-            context: changes.context,
+            ops: validate_ops(&changes.headers)?,
+            response_ops: validate_ops(&changes.response_headers)?,
+            context: validate_context(&changes.context)?,
         })
     }
 
@@ -318,23 +319,37 @@ fn invalid(why: String) -> PluginFailure {
     PluginFailure::Invalid(why)
 }
 
-fn header(name: String, value: String) -> Result<(HeaderName, HeaderValue), PluginFailure> {
-    let name =
-        HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("`{name}` is not a header name")))?;
-    // Takes the string's buffer as it is: no copy.
-    let value = HeaderValue::from_maybe_shared(Bytes::from(value))
-        .map_err(|_| invalid(format!("header `{name}` has an invalid value")))?;
+fn header_name(name: &[u8]) -> Result<HeaderName, PluginFailure> {
+    HeaderName::from_bytes(name)
+        .map_err(|_| invalid(format!("`{}` is not a header name", String::from_utf8_lossy(name))))
+}
+
+fn header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), PluginFailure> {
+    let name = header_name(name)?;
+    let value = HeaderValue::from_bytes(value).map_err(|_| invalid(format!("header `{name}` has an invalid value")))?;
     Ok((name, value))
 }
 
-fn validate_ops(ops: Vec<HeaderOp>) -> Result<Vec<Op>, PluginFailure> {
-    ops.into_iter()
-        .map(|op| match op {
-            HeaderOp::Set((name, value)) => header(name, value).map(|(n, v)| Op::Set(n, v)),
-            HeaderOp::Append((name, value)) => header(name, value).map(|(n, v)| Op::Append(n, v)),
-            HeaderOp::Remove(name) => HeaderName::from_bytes(name.as_bytes())
-                .map(Op::Remove)
-                .map_err(|_| invalid(format!("`{name}` is not a header name"))),
+/// Checks every change of a `header-changes` list.
+fn validate_ops(changes: &[u8]) -> Result<Vec<Op>, PluginFailure> {
+    fields::header_changes(changes)
+        .map(|change| match change.map_err(invalid)? {
+            (Change::Set, name, value) => header(name, value).map(|(n, v)| Op::Set(n, v)),
+            (Change::Append, name, value) => header(name, value).map(|(n, v)| Op::Append(n, v)),
+            (Change::Remove, name, _) => header_name(name).map(Op::Remove),
+        })
+        .collect()
+}
+
+/// The context entries of a `fields` list, which must be UTF-8 (the access log prints them).
+fn validate_context(entries: &[u8]) -> Result<Vec<(String, String)>, PluginFailure> {
+    fields::entries(entries)
+        .map(|entry| {
+            let (key, value) = entry.map_err(invalid)?;
+            match (std::str::from_utf8(key), std::str::from_utf8(value)) {
+                (Ok(key), Ok(value)) => Ok((key.to_string(), value.to_string())),
+                _ => Err(invalid("a context entry is not UTF-8".into())),
+            }
         })
         .collect()
 }
@@ -373,8 +388,8 @@ fn status_code(status: u16) -> Result<StatusCode, PluginFailure> {
 fn plugin_response(response: types::Response) -> Result<Response<ResponseBody>, PluginFailure> {
     let mut built = Response::new(ResponseBody::full(Bytes::from(response.body)));
     *built.status_mut() = status_code(response.status)?;
-    for (name, value) in response.headers {
-        let (name, value) = header(name, value)?;
+    for (name, value) in &response.headers {
+        let (name, value) = header(name.as_bytes(), value.as_bytes())?;
         built.headers_mut().append(name, value);
     }
     Ok(built)

@@ -43,6 +43,69 @@ pub fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     })
 }
 
+/// The entries of a `fields` list, in order; a length running past the end is an error.
+pub fn entries(mut buf: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), String>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let entry = chunk(&mut buf).and_then(|name| Some((name, chunk(&mut buf)?)));
+        if entry.is_none() {
+            buf = &[];
+        }
+        Some(entry.ok_or_else(|| "a `fields` list is cut off".to_string()))
+    })
+}
+
+/// The kind of a `header-changes` entry, numbered as the WIT numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Replace every value (0).
+    Set,
+    /// Add a value (1).
+    Append,
+    /// Remove the header (2).
+    Remove,
+}
+
+/// The changes of a `header-changes` list, in order: kind, name, value (empty for `Remove`). An
+/// unknown kind or a cut-off entry is an error, and the last item.
+pub fn header_changes(mut buf: &[u8]) -> impl Iterator<Item = Result<(Change, &[u8], &[u8]), String>> {
+    std::iter::from_fn(move || {
+        let (&kind, rest) = buf.split_first()?;
+        buf = rest;
+        let change = match kind {
+            0 => Change::Set,
+            1 => Change::Append,
+            2 => Change::Remove,
+            other => {
+                buf = &[];
+                return Some(Err(format!("unknown header change kind {other}")));
+            }
+        };
+        let entry = chunk(&mut buf).and_then(|name| match change {
+            Change::Remove => Some((change, name, &[][..])),
+            _ => Some((change, name, chunk(&mut buf)?)),
+        });
+        if entry.is_none() {
+            buf = &[];
+        }
+        Some(entry.ok_or_else(|| "a `header-changes` list is cut off".to_string()))
+    })
+}
+
+/// Takes one length-prefixed chunk off the front of `buf`.
+fn chunk<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, rest) = buf.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+    if rest.len() < len {
+        return None;
+    }
+    let (chunk, rest) = rest.split_at(len);
+    *buf = rest;
+    Some(chunk)
+}
+
 /// A client address as text, formatted on the stack: it crosses into every hook call, and
 /// `IpAddr::to_string` would cost an allocation and the formatting machinery each time.
 pub struct IpText {
@@ -159,6 +222,23 @@ fn encode_blocks<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_changes_and_entries_decode_and_refuse_what_is_cut_off() {
+        let changes = [&b"\0\x01\0\0\0a\x01\0\0\01"[..], b"\x02\x01\0\0\0b", b"\x01\x01\0\0\0c\0\0\0\0"].concat();
+        let decoded: Vec<_> = header_changes(&changes).collect();
+        assert_eq!(
+            decoded,
+            [Ok((Change::Set, &b"a"[..], &b"1"[..])), Ok((Change::Remove, b"b", b"")), Ok((Change::Append, b"c", b""))]
+        );
+        assert!(header_changes(&changes[..changes.len() - 1]).last().unwrap().is_err());
+        assert_eq!(header_changes(b"\x09").collect::<Vec<_>>(), [Err("unknown header change kind 9".to_string())]);
+
+        let mut block = Vec::new();
+        push(&mut block, b"k", b"v");
+        assert_eq!(entries(&block).collect::<Vec<_>>(), [Ok((&b"k"[..], &b"v"[..]))]);
+        assert!(entries(&block[..block.len() - 1]).all(|e| e.is_err()));
+    }
 
     #[test]
     fn client_addresses_read_as_usual() {

@@ -158,15 +158,18 @@ fn expiry(now: u64, ttl: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::cell::Cell;
 
     use super::*;
 
-    static NOW: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        /// The fake clock, one per test thread (tests run in parallel).
+        static NOW: Cell<u64> = const { Cell::new(0) };
+    }
 
     fn state_at(ms: u64) -> InMemoryState {
-        NOW.store(ms, Ordering::SeqCst);
-        InMemoryState { clock: Some(|| NOW.load(Ordering::SeqCst)), ..InMemoryState::default() }
+        NOW.set(ms);
+        InMemoryState { clock: Some(|| NOW.get()), ..InMemoryState::default() }
     }
 
     #[test]
@@ -177,11 +180,11 @@ mod tests {
         let count = state.counter_incr("p", "k", 2, second);
         assert_eq!((count.current, count.previous, count.remaining), (3, 0, second));
         assert_eq!(state.counter_incr("other", "k", 1, second).current, 1, "namespaces are apart");
-        NOW.store(11_250, Ordering::SeqCst);
+        NOW.set(11_250);
         let count = state.counter_incr("p", "k", 1, second);
         assert_eq!((count.current, count.previous), (1, 3));
         assert_eq!(count.remaining, Duration::from_millis(750));
-        NOW.store(15_000, Ordering::SeqCst);
+        NOW.set(15_000);
         assert_eq!(state.counter_incr("p", "k", 1, second).previous, 0, "a gap forgets the old window");
     }
 
@@ -195,7 +198,7 @@ mod tests {
         assert!(state.kv_compare_and_swap("p", "a", Some("1"), Some("2".into()), Duration::ZERO));
         assert!(state.kv_compare_and_swap("p", "b", None, Some("x".into()), Duration::from_millis(10)));
         assert!(!state.kv_compare_and_swap("p", "b", None, Some("y".into()), Duration::ZERO));
-        NOW.store(1_600, Ordering::SeqCst);
+        NOW.set(1_600);
         assert_eq!(state.kv_get("p", "a").as_deref(), Some("2"), "no ttl: still there");
         assert!(state.kv_get("p", "b").is_none(), "expired");
         assert!(state.kv_compare_and_swap("p", "b", None, None, Duration::ZERO), "an expired key counts as absent");

@@ -218,7 +218,8 @@ mod tests {
 
         fn on_response(&mut self, resp: &mut Response) -> ResponseAction {
             resp.set_status(resp.status() + 1);
-            resp.append_header("x-route", resp.route().to_string());
+            let route = resp.route().to_owned();
+            resp.append_header("x-route", route);
             ResponseAction::Continue
         }
     }
@@ -276,7 +277,7 @@ mod tests {
         assert_eq!(out.changes.path.as_deref(), Some("/rewritten"));
         // The flat encodings of the WIT: kind, name length, name, value length, value.
         assert_eq!(out.changes.headers, b"\0\x0a\0\0\0x-greeting\x05\0\0\0hello");
-        assert_eq!(out.changes.context, b"\x04\0\0\0seen\x02\0\0\042");
+        assert_eq!(out.changes.context, b"\x04\0\0\0seen\x02\0\0\x0042");
         assert_eq!(fields::changes(&out.changes.response_headers), [HeaderOp::Set("x-seen".into(), "yes".into())]);
 
         let out = on_request(&PROBE, wit_request(&[("x-stop", "1")]));

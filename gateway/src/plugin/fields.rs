@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn header_changes_and_entries_decode_and_refuse_what_is_cut_off() {
-        let changes = [&b"\0\x01\0\0\0a\x01\0\0\01"[..], b"\x02\x01\0\0\0b", b"\x01\x01\0\0\0c\0\0\0\0"].concat();
+        let changes = [&b"\0\x01\0\0\0a\x01\0\0\x001"[..], b"\x02\x01\0\0\0b", b"\x01\x01\0\0\0c\0\0\0\0"].concat();
         let decoded: Vec<_> = header_changes(&changes).collect();
         assert_eq!(
             decoded,

@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(push_change(&mut buf, Change::Set, "X-A", "1"), b"x-a");
         push_change(&mut buf, Change::Remove, "B", "ignored");
         push_change(&mut buf, Change::Append, "c", "");
-        assert_eq!(&buf[..12], b"\0\x03\0\0\0x-a\x01\0\0\0\x31", "kind, name length, name, value length, value");
+        assert_eq!(&buf[..13], b"\0\x03\0\0\0x-a\x01\0\0\0\x31", "kind, name length, name, value length, value");
         let expected = [
             HeaderOp::Set("x-a".into(), "1".into()),
             HeaderOp::Remove("b".into()),

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Every request allocates (headers, hook results): mimalloc's per-thread free lists suit the
+/// thread-per-core workers, where glibc's malloc spent ~2 µs a request on a three-plugin route.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A programmable API gateway.
 #[derive(Parser)]
 #[command(name = "sluice", version, about)]

@@ -48,6 +48,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers; an upgrade keeps its `Upgrade` header and `Connection: upgrade`.
 /// `TE: trailers` survives, since gRPC backends require it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names beats a lookup per hop-by-hop header.
+    let hop = hop_by_hop();
+    if !headers.keys().any(|name| name == header::CONNECTION || hop.contains(&name)) {
+        return;
+    }
     let named: Vec<HeaderValue> = match headers.entry(header::CONNECTION) {
         header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
         header::Entry::Vacant(_) => Vec::new(),
@@ -63,7 +68,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     let te_trailers = headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let upgrade_to = if upgrade { headers.remove(header::UPGRADE) } else { None };
-    for name in hop_by_hop() {
+    for name in hop {
         headers.remove(name);
     }
     if te_trailers {
@@ -100,8 +105,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
 
 /// What the backend is told about the client.
 pub struct Forwarded<'a> {
-    /// The TCP peer (appended to `X-Forwarded-For`).
-    pub peer: IpAddr,
+    /// The TCP peer's address as text (appended to `X-Forwarded-For`).
+    pub peer: &'a HeaderValue,
     /// Whether the peer is a trusted proxy whose `X-Forwarded-Proto` and `-Host` stand.
     pub peer_trusted: bool,
     /// `http` or `https`.
@@ -113,14 +118,14 @@ pub struct Forwarded<'a> {
 /// Applies the forwarding rules to a request's headers on its way to a backend.
 pub fn prepare_request(headers: &mut HeaderMap, upgrade: bool, forwarded: &Forwarded<'_>) {
     remove_hop_by_hop(headers, upgrade);
-    let peer = forwarded.peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => HeaderValue::try_from(format!("{previous}, {peer}")),
-        None => HeaderValue::try_from(peer),
+    let peer = forwarded.peer;
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            HeaderValue::from_bytes(&[previous.as_bytes(), b", ", peer.as_bytes()].concat()).unwrap_or(peer.clone())
+        }
+        None => peer.clone(),
     };
-    if let Ok(xff) = xff {
-        headers.insert(&X_FORWARDED_FOR, xff);
-    }
+    headers.insert(&X_FORWARDED_FOR, xff);
     if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.scheme));
     }
@@ -197,8 +202,8 @@ mod tests {
     fn request_gets_forwarding_headers() {
         let mut h = headers(&[("x-forwarded-for", "192.0.2.9"), ("x-forwarded-proto", "https")]);
         let host = HeaderValue::from_static("api.example.com");
-        let forwarded =
-            Forwarded { peer: "127.0.0.1".parse().unwrap(), peer_trusted: false, scheme: "http", host: Some(&host) };
+        let peer = HeaderValue::from_static("127.0.0.1");
+        let forwarded = Forwarded { peer: &peer, peer_trusted: false, scheme: "http", host: Some(&host) };
         prepare_request(&mut h, false, &forwarded);
         assert_eq!(h["x-forwarded-for"], "192.0.2.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -1,9 +1,11 @@
-//! Address matching for settings that name whole networks (`trusted_proxies`).
+//! Addresses on the hot path: matching settings that name whole networks (`trusted_proxies`),
+//! and client addresses as text.
 //!
 //! A CIDR is parsed once at load and matched per request with a mask compare, so the check on the
 //! hot path is a couple of integer operations.
 
 use std::fmt;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -57,6 +59,54 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// An address as text, formatted on the stack: client addresses go into every hook call and
+/// `X-Forwarded-For`, and `IpAddr::to_string` would cost an allocation and the formatting
+/// machinery each time.
+pub struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    /// `ip` in its usual notation (dotted quad, or RFC 5952 for IPv6).
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = IpText { buf: [0; 45], len: 0 };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                let mut cursor = std::io::Cursor::new(&mut text.buf[..]);
+                // 45 bytes hold the longest IPv6 text (an IPv4-mapped address in full).
+                let _ = write!(cursor, "{v6}");
+                text.len = cursor.position() as usize;
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +135,14 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("example.com/8".parse::<Cidr>().is_err());
         assert!("::/129".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn client_addresses_read_as_usual() {
+        for ip in ["0.0.0.0", "10.1.20.255", "127.0.0.1", "::1", "2001:db8::8a2e:370:7334", "::ffff:192.168.100.200"] {
+            assert_eq!(IpText::new(ip.parse().unwrap()).as_str(), ip);
+        }
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        assert_eq!(IpText::new(longest.parse().unwrap()).as_str(), longest);
     }
 }

@@ -30,6 +30,7 @@ use crate::error::{ProxyError, TimeoutPhase};
 use crate::forward::{self, Forwarded};
 use crate::logging;
 use crate::metrics::METRICS;
+use crate::net::IpText;
 use crate::path;
 use crate::plugin::bindings::types;
 use crate::plugin::chain::{self, Chain, Target, Verdict};
@@ -51,6 +52,17 @@ pub struct Downstream {
     pub listener: String,
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The peer's address as a header value, formatted once per connection.
+    pub peer_text: HeaderValue,
+}
+
+impl Downstream {
+    /// A connection from `peer` on the listener `listener`.
+    pub fn new(listener: String, peer: SocketAddr) -> Self {
+        let peer_text =
+            HeaderValue::from_str(IpText::new(peer.ip()).as_str()).expect("an address is a valid header value");
+        Downstream { listener, peer, peer_text }
+    }
 }
 
 /// The facts the access log reports, filled in as the phases run.
@@ -172,7 +184,7 @@ async fn forward_to_backend<'s>(
     let upgrade = forward::is_upgrade_request(&parts.headers);
     let client_version = parts.version;
     parts.uri = upstream_uri(uri, &target, route, upstream.config.protocol, host.as_ref())?;
-    let forwarded = Forwarded { peer: downstream.peer.ip(), peer_trusted, scheme: "http", host: host.as_ref() };
+    let forwarded = Forwarded { peer: &downstream.peer_text, peer_trusted, scheme: "http", host: host.as_ref() };
     forward::prepare_request(&mut parts.headers, upgrade, &forwarded);
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {

@@ -209,7 +209,7 @@ async fn accept(
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let downstream = Rc::new(Downstream { listener: name.clone(), peer });
+        let downstream = Rc::new(Downstream::new(name.clone(), peer));
         connections.open.set(connections.open.get() + 1);
         tokio::task::spawn_local(serve_connection(
             stream,

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, request};
 
 use super::bindings::types::{self, RequestAction, ResponseAction, Selection};
-use super::fields::{self, Change, IpText, RequestLine};
+use super::fields::{self, Change, RequestLine};
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
 use crate::error::ProxyError;
+use crate::net::IpText;
 
 /// What on-request decided for the request as a whole.
 pub enum Verdict {

@@ -4,9 +4,6 @@
 //! call costs one allocation in the guest rather than dozens. Each entry is the name's length
 //! (u32, little-endian), the name, the value's length, the value.
 
-use std::io::Write as _;
-use std::net::IpAddr;
-
 use http::HeaderMap;
 
 /// Appends one entry.
@@ -106,53 +103,6 @@ fn chunk<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(chunk)
 }
 
-/// A client address as text, formatted on the stack: it crosses into every hook call, and
-/// `IpAddr::to_string` would cost an allocation and the formatting machinery each time.
-pub struct IpText {
-    buf: [u8; 45],
-    len: usize,
-}
-
-impl IpText {
-    /// `ip` in its usual notation (dotted quad, or RFC 5952 for IPv6).
-    pub fn new(ip: IpAddr) -> Self {
-        let mut text = IpText { buf: [0; 45], len: 0 };
-        match ip {
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    if octet >= 100 {
-                        text.push(b'0' + octet / 100);
-                    }
-                    if octet >= 10 {
-                        text.push(b'0' + octet / 10 % 10);
-                    }
-                    text.push(b'0' + octet % 10);
-                }
-            }
-            IpAddr::V6(v6) => {
-                let mut cursor = std::io::Cursor::new(&mut text.buf[..]);
-                // 45 bytes hold the longest IPv6 text (an IPv4-mapped address in full).
-                let _ = write!(cursor, "{v6}");
-                text.len = cursor.position() as usize;
-            }
-        }
-        text
-    }
-
-    fn push(&mut self, byte: u8) {
-        self.buf[self.len] = byte;
-        self.len += 1;
-    }
-
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
-    }
-}
-
 /// What the `head` of a WIT request starts with, before the headers.
 pub struct RequestLine<'a> {
     /// `:method`.
@@ -238,15 +188,6 @@ mod tests {
         push(&mut block, b"k", b"v");
         assert_eq!(entries(&block).collect::<Vec<_>>(), [Ok((&b"k"[..], &b"v"[..]))]);
         assert!(entries(&block[..block.len() - 1]).all(|e| e.is_err()));
-    }
-
-    #[test]
-    fn client_addresses_read_as_usual() {
-        for ip in ["0.0.0.0", "10.1.20.255", "127.0.0.1", "::1", "2001:db8::8a2e:370:7334", "::ffff:192.168.100.200"] {
-            assert_eq!(IpText::new(ip.parse().unwrap()).as_str(), ip);
-        }
-        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
-        assert_eq!(IpText::new(longest.parse().unwrap()).as_str(), longest);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::hooks::Guest;
 use super::bindings::{Plugin, PluginPre};
+use super::clock::Ticking;
 use super::host::HostState;
 use super::limits::{EPOCH_TICK, INIT_TIMEOUT, MAX_IDLE_PER_WORKER};
 use super::state::SharedState;
@@ -90,6 +91,8 @@ pub struct LoadedPlugin {
     calls: [[Counter; 3]; 3],
     idle: ThreadLocal<RefCell<Vec<Instance>>>,
     config_json: String,
+    /// Keeps the epoch clock, and so this plugin's deadlines, running.
+    _ticking: Ticking,
 }
 
 impl LoadedPlugin {
@@ -99,6 +102,7 @@ impl LoadedPlugin {
         engine: Engine,
         pre: PluginPre<HostState>,
         state: Arc<dyn SharedState>,
+        ticking: Ticking,
     ) -> LoadedPlugin {
         let name: Arc<str> = Arc::from(config.name.as_str());
         let calls = [Hook::OnRequest, Hook::OnResponse, Hook::SelectBackend]
@@ -114,6 +118,7 @@ impl LoadedPlugin {
             state,
             implemented: [AtomicBool::new(true), AtomicBool::new(true), AtomicBool::new(true)],
             idle: ThreadLocal::new(),
+            _ticking: ticking,
         }
     }
 

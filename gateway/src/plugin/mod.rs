@@ -7,6 +7,7 @@
 
 pub mod bindings;
 pub mod chain;
+mod clock;
 pub mod fields;
 mod host;
 mod instance;

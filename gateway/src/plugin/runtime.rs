@@ -15,9 +15,10 @@ use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::PluginPre;
+use super::clock::EpochClock;
 use super::host::HostState;
 use super::instance::LoadedPlugin;
-use super::limits::{EPOCH_TICK, MAX_INSTANCES, MAX_MEMORY_MB};
+use super::limits::{MAX_INSTANCES, MAX_MEMORY_MB};
 use super::state::{InMemoryState, SharedState};
 use crate::config::PluginConfig;
 
@@ -28,6 +29,7 @@ pub const CONTRACT: &str = "sluice:plugin@0.2";
 #[derive(Clone)]
 pub struct PluginRuntime {
     engine: Engine,
+    clock: EpochClock,
     state: Arc<dyn SharedState>,
     cache_dir: Option<PathBuf>,
     /// Components by the SHA-256 of their Wasm, so a reload compiles only what changed.
@@ -47,16 +49,10 @@ impl PluginRuntime {
         let mut config = Config::new();
         config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
-        let ticker = engine.weak();
-        std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
-            while let Some(engine) = ticker.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
+        let clock = EpochClock::start(&engine)?;
         Ok(PluginRuntime {
             engine,
+            clock,
             state: Arc::new(InMemoryState::default()),
             cache_dir: cache_dir(),
             compiled: Arc::default(),
@@ -85,7 +81,8 @@ impl PluginRuntime {
         };
         check_contract(&self.engine, &component).map_err(fail)?;
         let pre = self.link(&component).map_err(|e| fail(format!("cannot be linked: {e}")))?;
-        let plugin = LoadedPlugin::new(config.clone(), sha256, self.engine.clone(), pre, self.state.clone());
+        let plugin =
+            LoadedPlugin::new(config.clone(), sha256, self.engine.clone(), pre, self.state.clone(), self.clock.hold());
         plugin.check_init().map_err(|e| fail(e.to_string()))?;
         Ok(plugin)
     }

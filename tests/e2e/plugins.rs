@@ -135,7 +135,11 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     gateway.wait_for_log("ran past its 50 ms deadline");
 
     let mut client = Client::connect(addr).await;
-    for (path, trigger, log) in [("/hog", "x-hog", "plugin=\"hog\""), ("/trap", "x-trap", "plugin=\"trap\"")] {
+    for (path, trigger, log) in [
+        ("/hog", "x-hog", "plugin=\"hog\""),
+        ("/trap", "x-trap", "plugin=\"trap\""),
+        ("/trap", "x-invalid", "returned an invalid result: header `x-out` has an invalid value"),
+    ] {
         let reply = client.send(get_with(path, &[(trigger, "1")])).await;
         assert_eq!(reply.status, 500, "{path}");
         gateway.wait_for_log(log);
@@ -145,6 +149,13 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     }
     let reply = client.send(get_with("/loop", &[])).await;
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+    // Every failure counts as one: a trap, and a result the gateway refused.
+    let metrics = get(gateway.admin(), "admin", "/metrics").await.body;
+    for (outcome, count) in [("ok", 2), ("error", 2), ("timeout", 0)] {
+        let line =
+            format!("sluice_plugin_calls_total{{plugin=\"trap\",hook=\"on-request\",outcome=\"{outcome}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    }
 
     // on_error = "allow": the failing plugin is skipped.
     let reply = client.send(get_with("/lenient", &[("x-trap", "1")])).await;

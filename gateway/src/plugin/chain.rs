@@ -94,7 +94,7 @@ impl<'s> Chain<'s> {
                 };
                 let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
                 let view = types::Request { head, tls: None, context };
-                plugin.call(Hook::OnRequest, |hooks, store| hooks.call_on_request(store, view))
+                plugin.call(|hooks, store| hooks.call_on_request(store, view))
             })
             .and_then(|outcome| {
                 let changes = RequestChanges::validate(outcome.changes)?;
@@ -108,6 +108,7 @@ impl<'s> Chain<'s> {
                 };
                 Ok((changes, respond))
             });
+            plugin.count(Hook::OnRequest, &outcome);
             match outcome {
                 Ok((changes, respond)) => {
                     changes.apply(parts, target, &mut self.context, &mut self.response_ops);
@@ -154,7 +155,7 @@ impl<'s> Chain<'s> {
                     route: self.route,
                     context,
                 };
-                plugin.call(Hook::OnResponse, |hooks, store| hooks.call_on_response(store, view))
+                plugin.call(|hooks, store| hooks.call_on_response(store, view))
             })
             .and_then(|outcome| {
                 let status = outcome.changes.status.map(status_code).transpose()?;
@@ -170,6 +171,7 @@ impl<'s> Chain<'s> {
                 };
                 Ok((status, ops, context, replace))
             });
+            plugin.count(Hook::OnResponse, &outcome);
             match outcome {
                 Ok((status, ops, context, replace)) => {
                     if let Some(replacement) = replace {
@@ -235,9 +237,9 @@ pub fn select_backend(
     let selection = fields::with_scratch(|scratch| {
         let (head, context) = fields::encode_request(scratch, &line, headers, context);
         let view = types::Request { head, tls: None, context };
-        plugin.call(Hook::SelectBackend, |hooks, store| hooks.call_select_backend(store, view, backends))
-    })?;
-    match selection {
+        plugin.call(|hooks, store| hooks.call_select_backend(store, view, backends))
+    });
+    let chosen = selection.and_then(|selection| match selection {
         Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),
         Selection::Backend(index) => Err(PluginFailure::Invalid(format!(
             "select-backend chose index {index} of {} healthy backends",
@@ -248,7 +250,9 @@ pub fn select_backend(
             plugin.mark_unimplemented(Hook::SelectBackend);
             Ok(None)
         }
-    }
+    });
+    plugin.count(Hook::SelectBackend, &chosen);
+    chosen
 }
 
 /// A header change, checked.

@@ -158,24 +158,21 @@ impl LoadedPlugin {
         self.instantiate().map(drop)
     }
 
-    /// Runs one hook call on a pooled (or, with `isolation = "fresh"`, a new) instance under the
-    /// plugin's deadline. A failed instance is dropped, never pooled again.
-    pub fn call<R>(
-        &self,
-        hook: Hook,
-        call: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginFailure> {
-        let result = self.call_instance(call);
-        let outcome = match &result {
+    /// Counts a hook call in `sluice_plugin_calls_total` once its result is known: a result the
+    /// gateway refused (an invalid header, say) counts as an error, like a trap.
+    pub fn count<R>(&self, hook: Hook, result: &Result<R, PluginFailure>) {
+        let outcome = match result {
             Ok(_) => 0,
             Err(PluginFailure::Timeout { .. }) => 2,
             Err(_) => 1,
         };
         self.calls[hook as usize][outcome].inc();
-        result
     }
 
-    fn call_instance<R>(
+    /// Runs one hook call on a pooled (or, with `isolation = "fresh"`, a new) instance under the
+    /// plugin's deadline. A failed instance is dropped, never pooled again. The caller checks the
+    /// result, then [`count`](Self::count)s the call.
+    pub fn call<R>(
         &self,
         hook: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {

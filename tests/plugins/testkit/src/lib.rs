@@ -12,7 +12,7 @@
 //! | `counter` | on_request, on_response | counts requests and instances in shared counters, reports them in `x-count` and `x-inits` |
 //! | `loop` | on_request | spins forever when `x-loop` is present |
 //! | `hog` | on_request | allocates without end when `x-hog` is present |
-//! | `trap` | on_request | panics when `x-trap` is present |
+//! | `trap` | on_request | panics when `x-trap` is present; sets an invalid header value when `x-invalid` is |
 //! | `init-fail` | none | `init` fails |
 //! | `bench` | on_request | reads two headers and sets one: a cheap, typical hook |
 //! | `noop` | on_request | continues without reading or changing anything: the cost of a call itself |
@@ -62,8 +62,9 @@ pub const TRAIL_KEY: &str = "trail";
 /// - `loop`: on_request spins forever when the request has header `x-loop`, else continues.
 /// - `hog`: on_request allocates 1 MiB chunks and keeps them, forever, when the request has header
 ///   `x-hog`, else continues.
-/// - `trap`: on_request panics with `testkit trap` when the request has header `x-trap`, else
-///   continues.
+/// - `trap`: on_request panics with `testkit trap` when the request has header `x-trap`; with
+///   `x-invalid` it sets `x-out` to a value with a line break (which the gateway must refuse);
+///   else it continues.
 /// - `init-fail`: init fails with `testkit init refused: bad config`.
 /// - `bench`: on_request reads `user-agent` and `accept`, sets `x-bench: 1`, continues.
 /// - `build`: on_response sets `x-build: <BUILD>` (the constant [`BUILD`]).
@@ -166,6 +167,10 @@ impl Plugin for Testkit {
             Mode::Trap => {
                 if req.header_str("x-trap").is_some() {
                     panic!("testkit trap");
+                }
+                if req.header_str("x-invalid").is_some() {
+                    // Returns normally, with a change the gateway must refuse.
+                    req.set_header("x-out", "line\nbreak");
                 }
                 Action::Continue
             }

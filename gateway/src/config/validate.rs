@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Component, Path};
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -284,8 +284,26 @@ impl Validator<'_> {
         Ok((raw.name, plugin))
     }
 
+    /// `path` relative to the config file's folder, with `.` and `..` resolved where the text
+    /// allows (no symlinks are followed), so messages name `target/x.wasm`, not
+    /// `examples/../target/x.wasm`.
     fn relative_path(&self, path: &str) -> std::path::PathBuf {
-        self.file.parent().unwrap_or(Path::new(".")).join(path)
+        let mut out = std::path::PathBuf::new();
+        for part in self.file.parent().unwrap_or(Path::new(".")).join(path).components() {
+            match part {
+                Component::CurDir => {}
+                Component::ParentDir => match out.components().next_back() {
+                    Some(Component::Normal(_)) => {
+                        out.pop();
+                    }
+                    // `/..` is `/`.
+                    Some(Component::RootDir) => {}
+                    _ => out.push(".."),
+                },
+                other => out.push(other),
+            }
+        }
+        if out.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { out }
     }
 
     fn route(
@@ -400,4 +418,29 @@ fn split_host_port(address: &str) -> Option<(&str, u16)> {
     };
     (!host.is_empty()).then_some(())?;
     Some((host, port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn plugin_paths_are_relative_to_the_config_file_with_dot_segments_resolved() {
+        let text = |path: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n[[upstream]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n\n\
+                 [[plugin]]\nname = \"p\"\npath = \"{path}\"\n\n[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [\"p\"]\n"
+            )
+        };
+        for (file, path, expected) in [
+            ("examples/sluice.toml", "../target/p.wasm", "target/p.wasm"),
+            ("examples/sluice.toml", "./plugins/./p.wasm", "examples/plugins/p.wasm"),
+            ("/etc/sluice/sluice.toml", "../../../p.wasm", "/p.wasm"),
+            ("sluice.toml", "../p.wasm", "../p.wasm"),
+            ("examples/sluice.toml", "/opt/p.wasm", "/opt/p.wasm"),
+        ] {
+            let config = crate::config::parse(Path::new(file), &text(path)).expect("a valid config");
+            assert_eq!(config.plugins[0].path, PathBuf::from(expected), "{path} from {file}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,14 +144,21 @@ impl Gateway {
             format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}")
         };
         let path = dir.write("sluice.toml", &config);
-        let mut child = Command::new(SLUICE)
-            .args(["run", "-c"])
-            .arg(&path)
-            .args(["--workers", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start sluice");
+        let mut command = Command::new(SLUICE);
+        command.args(["run", "-c"]).arg(&path).args(["--workers", "2"]).stdout(Stdio::null()).stderr(Stdio::piped());
+        // The gateway gets SIGTERM when the thread that started it ends, so a test run that is
+        // killed (or a test that panics past its drop) leaves no gateway behind.
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command.spawn().expect("cannot start sluice");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();

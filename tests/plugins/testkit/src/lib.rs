@@ -445,7 +445,7 @@ mod tests {
         let err = testing::init::<Testkit>(r#"{"mode": "dance"}"#).unwrap_err();
         assert_eq!(
             err,
-            "testkit: unknown mode \"dance\"; valid modes: tag, select, counter, loop, hog, trap, init-fail, bench, build"
+            "testkit: unknown mode \"dance\"; valid modes: tag, select, counter, loop, hog, trap, init-fail, bench, noop, build"
         );
 
         let err = testing::init::<Testkit>("{}").unwrap_err();

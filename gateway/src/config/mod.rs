@@ -1,4 +1,4 @@
-//! Loading the config file: read, parse ([`raw`]), validate into the typed [`model`].
+//! Loading the config file: read, parse (`raw`), validate into the typed `model`.
 //!
 //! Each stage has its own type, so everything past this module works with values that are known
 //! to be valid. Errors carry the file, line and column ([`ConfigError`]).

@@ -61,7 +61,8 @@ struct Entry {
 /// rarely contend.
 #[derive(Default)]
 pub struct InMemoryState {
-    counters: DashMap<(String, String), Mutex<Counter>>,
+    /// By namespace, then key: a counter that exists is found without building an owned key.
+    counters: DashMap<String, DashMap<String, Mutex<Counter>>>,
     values: DashMap<(String, String), Entry>,
     clock: Option<fn() -> u64>,
 }
@@ -69,6 +70,19 @@ pub struct InMemoryState {
 impl InMemoryState {
     fn now_ms(&self) -> u64 {
         self.clock.map_or_else(now_ms, |clock| clock())
+    }
+
+    /// Runs `f` on the counter `key` of `namespace`, created at zero if new. Only a new namespace
+    /// or key costs an allocation.
+    fn with_counter<R>(&self, namespace: &str, key: &str, f: impl FnOnce(&Mutex<Counter>) -> R) -> R {
+        if let Some(space) = self.counters.get(namespace) {
+            if let Some(slot) = space.get(key) {
+                return f(&slot);
+            }
+            return f(&space.entry(key.to_string()).or_default());
+        }
+        let space = self.counters.entry(namespace.to_string()).or_default();
+        f(&space.entry(key.to_string()).or_default())
     }
 }
 
@@ -82,22 +96,23 @@ impl SharedState for InMemoryState {
         let window_ms = (window.as_millis() as u64).max(1);
         let now = self.now_ms();
         let start = now - now % window_ms;
-        let slot = self.counters.entry((namespace.to_string(), key.to_string())).or_default();
-        let mut counter = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if counter.window_ms != window_ms {
-            *counter = Counter { window_ms, window_start: start, ..Counter::default() };
-        } else if counter.window_start != start {
-            let consecutive = counter.window_start + window_ms == start;
-            counter.previous = if consecutive { counter.current } else { 0 };
-            counter.current = 0;
-            counter.window_start = start;
-        }
-        counter.current = counter.current.saturating_add(delta);
-        WindowCount {
-            current: counter.current,
-            previous: counter.previous,
-            remaining: Duration::from_millis(start + window_ms - now),
-        }
+        self.with_counter(namespace, key, |slot| {
+            let mut counter = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if counter.window_ms != window_ms {
+                *counter = Counter { window_ms, window_start: start, ..Counter::default() };
+            } else if counter.window_start != start {
+                let consecutive = counter.window_start + window_ms == start;
+                counter.previous = if consecutive { counter.current } else { 0 };
+                counter.current = 0;
+                counter.window_start = start;
+            }
+            counter.current = counter.current.saturating_add(delta);
+            WindowCount {
+                current: counter.current,
+                previous: counter.previous,
+                remaining: Duration::from_millis(start + window_ms - now),
+            }
+        })
     }
 
     fn kv_get(&self, namespace: &str, key: &str) -> Option<String> {

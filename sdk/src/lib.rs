@@ -147,6 +147,7 @@
 #![deny(missing_docs)]
 
 mod action;
+pub mod alloc;
 mod config;
 mod fields;
 pub mod host;
@@ -156,6 +157,10 @@ pub mod testing;
 #[doc(hidden)]
 #[path = "glue.rs"]
 pub mod __glue;
+
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses = alloc::SizeClasses::new();
 
 pub use action::{Action, Reply, ResponseAction, Selection};
 pub use config::Config;

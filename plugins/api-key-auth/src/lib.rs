@@ -149,21 +149,21 @@ impl Plugin for ApiKeyAuth {
             (None, Some(param)) => query_param(req.query(), param).and_then(|key| self.consumer_of(&key)),
             (None, None) => None,
         };
-        let Some(consumer) = found.map(str::to_owned) else {
+        let Some(consumer) = found else {
             return Action::respond(401)
-                .header("www-authenticate", self.challenge.clone())
+                .header("www-authenticate", &self.challenge)
                 .header("content-type", "application/json")
                 .body(DENIED_BODY);
         };
         if from_header.is_some() {
-            req.remove_header(self.header.clone());
+            req.remove_header(&self.header);
         }
         if let Some(param) = &self.query
             && let Some(rest) = without_param(req.query(), param)
         {
             req.set_query(rest);
         }
-        req.set_header(self.consumer_header.clone(), consumer.clone());
+        req.set_header(&self.consumer_header, consumer);
         req.set_context(CONSUMER_KEY, consumer);
         Action::Continue
     }

@@ -225,7 +225,7 @@ fn stash(req: &mut Request, limit: u32, remaining: i64, reset_s: u64) {
         (REMAINING_KEY, "ratelimit-remaining", remaining.to_string()),
         (RESET_KEY, "ratelimit-reset", reset_s.to_string()),
     ] {
-        req.set_response_header(header, value.clone());
+        req.set_response_header(header, &value);
         req.set_context(key, value);
     }
 }

@@ -129,7 +129,7 @@ impl Plugin for Rewrite {
             return Action::not_implemented();
         }
         for op in &self.response_headers {
-            match op.clone() {
+            match op {
                 HeaderOp::Set(name, value) => req.set_response_header(name, value),
                 HeaderOp::Append(name, value) => req.append_response_header(name, value),
                 HeaderOp::Remove(name) => req.remove_response_header(name),
@@ -142,7 +142,7 @@ impl Plugin for Rewrite {
             req.set_path(path);
         }
         for op in &self.request_headers {
-            match op.clone() {
+            match op {
                 HeaderOp::Set(name, value) => req.set_header(name, value),
                 HeaderOp::Append(name, value) => req.append_header(name, value),
                 HeaderOp::Remove(name) => req.remove_header(name),

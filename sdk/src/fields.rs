@@ -180,13 +180,21 @@ impl<'a> Iterator for Iter<'a> {
     }
 }
 
+/// Makes room for `additional` more bytes: an empty buffer starts at 256 bytes and a full one at
+/// least doubles, so a hook's few changes cost one allocation, not one per growing extend.
+fn make_room(buf: &mut Vec<u8>, additional: usize) {
+    if buf.capacity() - buf.len() < additional {
+        buf.reserve(additional.max(buf.len()).max(256));
+    }
+}
+
 /// Appends an entry to an encoded buffer.
 pub(crate) fn push_entry(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len())) else {
         // Over 4 GiB: cannot be encoded, and cannot have come from the host either.
         return;
     };
-    buf.reserve(8 + name.len() + value.len());
+    make_room(buf, 8 + name.len() + value.len());
     buf.extend_from_slice(&name_len.to_le_bytes());
     buf.extend_from_slice(name);
     buf.extend_from_slice(&value_len.to_le_bytes());
@@ -209,6 +217,7 @@ pub(crate) fn push_change<'b>(buf: &'b mut Vec<u8>, change: Change, name: &str, 
         // Over 4 GiB: cannot be encoded; the gateway would refuse such a header anyway.
         return &[];
     };
+    make_room(buf, 9 + name.len() + value.len());
     buf.push(change as u8);
     buf.extend_from_slice(&name_len.to_le_bytes());
     let name_at = buf.len();

@@ -67,12 +67,12 @@ fn on_request_wasm(bencher: divan::Bencher) {
     let mut parts = request();
     // One whole exchange first: the host learns that the plugin has no on-response, as it does
     // on the first request of a real gateway.
-    let mut chain = Chain::new(&[0], &plugins, "api");
+    let mut chain = Chain::new(&[0], &plugins, "api", None);
     let mut target = Target { path: Cow::Borrowed("/api/users"), query: None };
     assert!(chain.on_request(&mut parts, &mut target, CLIENT).is_ok());
     assert!(chain.on_response(&mut http::Response::new(sluice::body::ResponseBody::empty())).is_ok());
     bencher.bench_local(|| {
-        let mut chain = Chain::new(&[0], &plugins, "api");
+        let mut chain = Chain::new(&[0], &plugins, "api", None);
         let mut target = Target { path: Cow::Borrowed("/api/users"), query: Some(Cow::Borrowed("page=2")) };
         let verdict = chain.on_request(&mut parts, &mut target, CLIENT);
         assert!(matches!(verdict, Ok(chain::Verdict::Continue)));
@@ -87,7 +87,7 @@ fn on_request_noop(bencher: divan::Bencher) {
     let plugins = [plugin("noop")];
     let mut parts = request();
     let on_request = |parts: &mut http::request::Parts| {
-        let mut chain = Chain::new(&[0], &plugins, "api");
+        let mut chain = Chain::new(&[0], &plugins, "api", None);
         let mut target = Target { path: Cow::Borrowed("/api/users"), query: None };
         assert!(matches!(chain.on_request(parts, &mut target, CLIENT), Ok(chain::Verdict::Continue)));
         chain
@@ -103,7 +103,7 @@ fn on_request_api_key_auth(bencher: divan::Bencher) {
     let mut parts = request();
     let on_request = |parts: &mut http::request::Parts| {
         parts.headers.insert("x-api-key", HeaderValue::from_static("key-b"));
-        let mut chain = Chain::new(&[0], &plugins, "api");
+        let mut chain = Chain::new(&[0], &plugins, "api", None);
         let mut target = Target { path: Cow::Borrowed("/api/users"), query: None };
         let verdict = chain.on_request(parts, &mut target, CLIENT);
         assert!(matches!(verdict, Ok(chain::Verdict::Continue)));
@@ -132,7 +132,7 @@ fn exchange_three_plugins(bencher: divan::Bencher) {
     let mut parts = request();
     let exchange = |parts: &mut http::request::Parts| {
         parts.headers.insert("x-api-key", HeaderValue::from_static("key-b"));
-        let mut chain = Chain::new(&[0, 1, 2], &plugins, "api");
+        let mut chain = Chain::new(&[0, 1, 2], &plugins, "api", None);
         let mut target = Target { path: Cow::Borrowed("/v1/users"), query: None };
         let verdict = chain.on_request(parts, &mut target, CLIENT);
         assert!(matches!(verdict, Ok(chain::Verdict::Continue)));
@@ -182,6 +182,7 @@ fn select_backend_wasm(bencher: divan::Bencher) {
             headers: &parts.headers,
             target: &target,
             client_ip: CLIENT,
+            tls: None,
             route: "api",
             context: &[],
         };

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -213,9 +213,12 @@ impl Control {
         })
     }
 
-    /// The files whose change triggers a reload: the config and every plugin it names.
+    /// The files whose change triggers a reload: the config and every plugin, certificate, key
+    /// and CA bundle it names.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let snapshot = self.snapshots.load();
-        std::iter::once(self.path.clone()).chain(snapshot.config.plugins.iter().map(|p| p.path.clone())).collect()
+        let config = &snapshot.config;
+        let plugins = config.plugins.iter().map(|p| p.path.clone());
+        std::iter::once(self.path.clone()).chain(plugins).chain(config.tls_files().map(Path::to_path_buf)).collect()
     }
 }

@@ -26,6 +26,7 @@ pub mod router;
 pub mod scaffold;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 pub mod watch;
 

@@ -44,6 +44,11 @@ struct ReloadLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BackendLabels {
     upstream: String,
     backend: String,
@@ -57,6 +62,7 @@ pub struct Metrics {
     plugin_calls: Family<PluginLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
+    tls_handshake_failures: Family<ListenerLabels, Counter>,
 }
 
 /// The process's metrics.
@@ -70,6 +76,7 @@ impl Metrics {
         let plugin_calls = Family::<PluginLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let backend_healthy = Family::<BackendLabels, Gauge>::default();
+        let tls_handshake_failures = Family::<ListenerLabels, Counter>::default();
         registry.register("requests", "Requests answered, by route and status", requests.clone());
         registry.register("request_duration_seconds", "Time to the response headers", duration.clone());
         registry.register("plugin_calls", "Plugin hook calls, by outcome", plugin_calls.clone());
@@ -79,7 +86,12 @@ impl Metrics {
             "1 when the backend may receive requests",
             backend_healthy.clone(),
         );
-        Metrics { registry, requests, duration, plugin_calls, reloads, backend_healthy }
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed or timed out, by listener",
+            tls_handshake_failures.clone(),
+        );
+        Metrics { registry, requests, duration, plugin_calls, reloads, backend_healthy, tls_handshake_failures }
     }
 
     /// Counts an answered request; `route` is `None` when no route matched.
@@ -105,6 +117,11 @@ impl Metrics {
     pub fn backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
         let labels = BackendLabels { upstream: upstream.to_string(), backend: backend.to_string() };
         self.backend_healthy.get_or_create(&labels).set(i64::from(healthy));
+    }
+
+    /// Counts a client whose TLS handshake failed or timed out.
+    pub fn tls_handshake_failed(&self, listener: &str) {
+        self.tls_handshake_failures.get_or_create(&ListenerLabels { listener: listener.to_string() }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

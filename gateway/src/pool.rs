@@ -24,6 +24,7 @@ use crate::body::RequestBody;
 use crate::config::UpstreamProtocol;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::local::LocalExec;
+use crate::tls::{BackendTls, Stream};
 use crate::upstream::BackendKey;
 
 /// How many idle HTTP/1.1 connections a worker keeps per backend.
@@ -41,8 +42,10 @@ pub struct Destination<'a> {
     pub addrs: &'a [SocketAddr],
     /// HTTP/1.1 or HTTP/2.
     pub protocol: UpstreamProtocol,
-    /// The route's `connect_timeout_ms`.
+    /// The route's `connect_timeout_ms`, for the TCP connection and the TLS handshake together.
     pub connect_timeout: Duration,
+    /// TLS to the backend, when its upstream has `tls`.
+    pub tls: Option<&'a BackendTls>,
 }
 
 /// An idle HTTP/1.1 connection and when it went idle.
@@ -166,28 +169,29 @@ impl Pool {
     }
 }
 
-/// Connects to the first of the target's addresses that accepts, within the connect timeout.
-async fn connect(target: &Destination<'_>) -> Result<TcpStream, ProxyError> {
+/// Connects to the first of the target's addresses that accepts, then opens TLS when the target
+/// has it, all within the connect timeout.
+async fn connect(target: &Destination<'_>) -> Result<Stream, ProxyError> {
     let attempt = async {
         let mut last_error = None;
         for addr in target.addrs {
             match TcpStream::connect(addr).await {
-                Ok(stream) => return Ok(stream),
+                Ok(stream) => {
+                    // Small requests and responses must not wait for Nagle's algorithm.
+                    let _ = stream.set_nodelay(true);
+                    return match target.tls {
+                        Some(tls) => tls.connect(stream).await.map_err(|e| format!("TLS handshake failed: {e}")),
+                        None => Ok(Stream::Plain(stream)),
+                    };
+                }
                 Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.map_or_else(|| "the name resolved to no address".to_string(), |e| e.to_string()))
     };
-    let stream = match timeout(target.connect_timeout, attempt).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(cause)) => {
-            return Err(ProxyError::Connect { backend: target.name.to_string(), cause });
-        }
-        Err(_) => {
-            return Err(ProxyError::Timeout { backend: target.name.to_string(), phase: TimeoutPhase::Connect });
-        }
-    };
-    // Small requests and responses must not wait for Nagle's algorithm.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    match timeout(target.connect_timeout, attempt).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(cause)) => Err(ProxyError::Connect { backend: target.name.to_string(), cause }),
+        Err(_) => Err(ProxyError::Timeout { backend: target.name.to_string(), phase: TimeoutPhase::Connect }),
+    }
 }

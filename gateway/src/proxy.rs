@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::balance::{self, Lease};
 use crate::body::{RequestBody, ResponseBody, UpstreamBody};
-use crate::config::{BalancePolicy, HashKey, OnError, RouteConfig, UpstreamProtocol};
+use crate::config::{BalancePolicy, HashKey, OnError, RouteConfig, UpstreamConfig, UpstreamProtocol};
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::forward::{self, Forwarded};
 use crate::logging;
@@ -36,6 +36,7 @@ use crate::plugin::bindings::types;
 use crate::plugin::chain::{self, Chain, Target, Verdict};
 use crate::pool::{Destination, Pool};
 use crate::snapshot::Snapshot;
+use crate::tls::TlsFacts;
 use crate::upstream::Upstream;
 
 /// What a worker thread shares between its connections.
@@ -54,14 +55,16 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// The peer's address as a header value, formatted once per connection.
     pub peer_text: HeaderValue,
+    /// What TLS told about the connection; `None` for cleartext.
+    pub tls: Option<TlsFacts>,
 }
 
 impl Downstream {
-    /// A connection from `peer` on the listener `listener`.
-    pub fn new(listener: String, peer: SocketAddr) -> Self {
+    /// A connection from `peer` on the listener `listener`, over TLS when `tls` is set.
+    pub fn new(listener: String, peer: SocketAddr, tls: Option<TlsFacts>) -> Self {
         let peer_text =
             HeaderValue::from_str(IpText::new(peer.ip()).as_str()).expect("an address is a valid header value");
-        Downstream { listener, peer, peer_text }
+        Downstream { listener, peer, peer_text, tls }
     }
 }
 
@@ -132,7 +135,7 @@ async fn proxy<'s>(
     let mut target = Target { path: normalized, query: uri.query().map(Cow::Borrowed) };
 
     // Phase: on-request of the route's plugins.
-    let mut chain = Chain::new(&route.plugins, &snapshot.plugins, &route.name);
+    let mut chain = Chain::new(&route.plugins, &snapshot.plugins, &route.name, downstream.tls.as_ref());
     let mut response = match chain.on_request(&mut parts, &mut target, client_ip)? {
         Verdict::Respond(response) => *response,
         // Phase: the backend. Its failures are answers that on-response still sees.
@@ -183,8 +186,9 @@ async fn forward_to_backend<'s>(
     let peer_trusted = trusted.iter().any(|net| net.contains(downstream.peer.ip()));
     let upgrade = forward::is_upgrade_request(&parts.headers);
     let client_version = parts.version;
-    parts.uri = upstream_uri(uri, &target, route, upstream.config.protocol, host.as_ref())?;
-    let forwarded = Forwarded { peer: &downstream.peer_text, peer_trusted, scheme: "http", host: host.as_ref() };
+    parts.uri = upstream_uri(uri, &target, route, &upstream.config, host.as_ref())?;
+    let scheme = if downstream.tls.is_some() { "https" } else { "http" };
+    let forwarded = Forwarded { peer: &downstream.peer_text, peer_trusted, scheme, host: host.as_ref() };
     forward::prepare_request(&mut parts.headers, upgrade, &forwarded);
     match upstream.config.protocol {
         UpstreamProtocol::Http1 => {
@@ -202,7 +206,16 @@ async fn forward_to_backend<'s>(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
     // Pick a backend.
-    let lease = pick_backend(snapshot, upstream, &request, &target, client_ip, route, context)?;
+    let selecting = chain::Selecting {
+        method: request.method(),
+        headers: request.headers(),
+        target: &target,
+        client_ip,
+        tls: downstream.tls.as_ref(),
+        route: &route.name,
+        context,
+    };
+    let lease = pick_backend(snapshot, upstream, &selecting)?;
     let backend = &upstream.backends[lease.index()];
     trace.backend = Some(&backend.config.address);
 
@@ -214,6 +227,7 @@ async fn forward_to_backend<'s>(
         addrs: &addrs,
         protocol: upstream.config.protocol,
         connect_timeout: route.connect_timeout,
+        tls: backend.tls.as_ref(),
     };
     let (mut response, checkin) =
         tokio::time::timeout(route.timeout, worker.pool.send(&destination, request)).await.map_err(|_| {
@@ -249,9 +263,10 @@ fn upstream_uri(
     uri: &Uri,
     target: &Target<'_>,
     route: &RouteConfig,
-    protocol: UpstreamProtocol,
+    upstream: &UpstreamConfig,
     host: Option<&HeaderValue>,
 ) -> Result<Uri, ProxyError> {
+    let protocol = upstream.protocol;
     let path = if route.strip_prefix { path::strip_prefix(&target.path, &route.path_prefix) } else { &target.path };
     let origin_form = uri.scheme().is_none() && uri.authority().is_none();
     let query = target.query.as_deref();
@@ -269,30 +284,22 @@ fn upstream_uri(
         let authority = host
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             .ok_or(ProxyError::BadRequest("the request has no valid Host"))?;
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if upstream.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(authority);
     }
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
 /// Picks a healthy backend: by the upstream's plugin when it has one, else by its policy.
-fn pick_backend(
-    snapshot: &Snapshot,
-    upstream: &Upstream,
-    request: &Request<RequestBody>,
-    target: &Target<'_>,
-    client_ip: IpAddr,
-    route: &RouteConfig,
-    context: &[(String, String)],
-) -> Result<Lease, ProxyError> {
+fn pick_backend(snapshot: &Snapshot, upstream: &Upstream, request: &chain::Selecting<'_>) -> Result<Lease, ProxyError> {
     let healthy = |i: usize| upstream.backends[i].is_healthy();
     let hash = match &upstream.config.balance {
-        BalancePolicy::ConsistentHash(HashKey::ClientIp) => match client_ip {
+        BalancePolicy::ConsistentHash(HashKey::ClientIp) => match request.client_ip {
             IpAddr::V4(ip) => balance::hash_key(&ip.octets()),
             IpAddr::V6(ip) => balance::hash_key(&ip.octets()),
         },
         BalancePolicy::ConsistentHash(HashKey::Header(name)) => {
-            balance::hash_key(request.headers().get(name).map_or(&b""[..], HeaderValue::as_bytes))
+            balance::hash_key(request.headers.get(name).map_or(&b""[..], HeaderValue::as_bytes))
         }
         BalancePolicy::Plugin(plugin) => {
             let plugin = &snapshot.plugins[*plugin];
@@ -308,19 +315,11 @@ fn pick_backend(
                     }
                 })
                 .collect();
-            let selecting = chain::Selecting {
-                method: request.method(),
-                headers: request.headers(),
-                target,
-                client_ip,
-                route: &route.name,
-                context,
-            };
-            match chain::select_backend(plugin, &selecting, &backends) {
+            match chain::select_backend(plugin, request, &backends) {
                 Ok(Some(choice)) => return Ok(upstream.balancer.lease(offered[choice])),
                 Ok(None) => 0,
                 Err(failure) => {
-                    tracing::warn!(plugin = plugin.name(), hook = "select-backend", route = route.name, error = %failure, "plugin failed");
+                    tracing::warn!(plugin = plugin.name(), hook = "select-backend", route = request.route, error = %failure, "plugin failed");
                     if plugin.config.on_error == OnError::Deny {
                         return Err(ProxyError::Plugin { plugin: plugin.name().to_string(), failure });
                     }

@@ -30,9 +30,11 @@ use crate::config::{self, Config};
 use crate::control::{Control, WorkerCommand};
 use crate::local::LocalExec;
 use crate::logging;
+use crate::metrics::METRICS;
 use crate::pool::Pool;
 use crate::proxy::{self, Downstream, Worker};
 use crate::snapshot::Snapshot;
+use crate::tls::{ServerTls, Stream, TlsFacts};
 
 /// Loads the config at `path`, serves it with `workers` threads until SIGTERM or ctrl-c, then
 /// drains. SIGHUP, a changed file or `POST /reload` reloads. Returns once every worker stopped.
@@ -209,47 +211,71 @@ async fn accept(
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let downstream = Rc::new(Downstream::new(name.clone(), peer));
+        let tls = worker.snapshots.load().server_tls(&name).cloned();
         connections.open.set(connections.open.get() + 1);
-        tokio::task::spawn_local(serve_connection(
-            stream,
-            peer,
-            downstream,
-            worker.clone(),
-            builder.clone(),
-            connections.clone(),
-            stopped.clone(),
-        ));
+        let connection = Connection { name: name.clone(), peer, worker: worker.clone(), builder: builder.clone() };
+        let (connections, stopped) = (connections.clone(), stopped.clone());
+        tokio::task::spawn_local(async move {
+            match tls {
+                Some(tls) => connection.serve_tls(stream, &tls, stopped).await,
+                None => connection.serve(Stream::Plain(stream), None, stopped).await,
+            }
+            connections.open.set(connections.open.get() - 1);
+            if connections.open.get() == 0 {
+                connections.all_closed.notify_waiters();
+            }
+        });
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+/// An accepted client connection and what serving it needs.
+struct Connection {
+    name: String,
     peer: SocketAddr,
-    downstream: Rc<Downstream>,
     worker: Rc<Worker>,
     builder: Rc<auto::Builder<LocalExec>>,
-    connections: Rc<Connections>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let service = service_fn(move |request| {
-        let (worker, downstream) = (worker.clone(), downstream.clone());
-        async move { proxy::handle(&worker, &downstream, request).await }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stopped.wait_for(|stop| *stop) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+}
+
+impl Connection {
+    /// Completes the TLS handshake within the listener's deadline, then serves. A failed or slow
+    /// handshake costs this connection only.
+    async fn serve_tls(self, stream: tokio::net::TcpStream, tls: &ServerTls, stopped: watch::Receiver<bool>) {
+        let stream = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = self.name, client = %self.peer, error = %e, "TLS handshake failed");
+                METRICS.tls_handshake_failed(&self.name);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(listener = self.name, client = %self.peer, "TLS handshake timed out");
+                METRICS.tls_handshake_failed(&self.name);
+                return;
+            }
+        };
+        let facts = TlsFacts::of(stream.get_ref().1);
+        self.serve(Stream::Tls(Box::new(stream.into())), Some(facts), stopped).await;
     }
-    connections.open.set(connections.open.get() - 1);
-    if connections.open.get() == 0 {
-        connections.all_closed.notify_waiters();
+
+    /// Serves HTTP/1.1 or HTTP/2 on the connection until it closes or the worker drains.
+    async fn serve(self, stream: Stream, tls: Option<TlsFacts>, mut stopped: watch::Receiver<bool>) {
+        let Connection { name, peer, worker, builder } = self;
+        let downstream = Rc::new(Downstream::new(name, peer, tls));
+        let service = service_fn(move |request| {
+            let (worker, downstream) = (worker.clone(), downstream.clone());
+            async move { proxy::handle(&worker, &downstream, request).await }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = stopped.wait_for(|stop| *stop) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        }
     }
 }

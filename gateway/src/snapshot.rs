@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, ListenerConfig, RouteConfig};
+use crate::config::{Config, ListenerConfig, ListenerProtocol, RouteConfig};
 use crate::plugin::{LoadedPlugin, PluginRuntime};
 use crate::router::Router;
+use crate::tls::ServerTls;
 use crate::upstream::Upstream;
 
 /// The gateway's state for one version of the config.
@@ -18,6 +19,8 @@ pub struct Snapshot {
     pub config: Config,
     /// Finds the route of a request.
     pub router: Router,
+    /// The TLS of each `https` listener, parallel to `config.listeners`.
+    tls: Vec<Option<Arc<ServerTls>>>,
     /// Parallel to `config.upstreams`.
     pub upstreams: Vec<Upstream>,
     /// Parallel to `config.plugins`.
@@ -27,15 +30,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the run-time state of `config`: loads every plugin (compiling, checking its
-    /// contract, running its init), resolves backend names, builds balancers. The error names the
-    /// plugin that could not be loaded.
+    /// Builds the run-time state of `config`: reads and checks TLS certificates and keys, loads
+    /// every plugin (compiling, checking its contract, running its init), resolves backend names,
+    /// builds balancers. The error names the listener, upstream or plugin, and the file.
     pub fn build(config: Config, generation: u64, runtime: &PluginRuntime) -> Result<Snapshot, String> {
+        let tls = config
+            .listeners
+            .iter()
+            .map(|l| match &l.protocol {
+                ListenerProtocol::Https(tls) => ServerTls::build(&l.name, tls).map(|t| Some(Arc::new(t))),
+                ListenerProtocol::Http => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect::<Result<_, _>>()?;
         let plugins = config.plugins.iter().map(|p| runtime.load(p)).collect::<Result<Vec<_>, _>>()?;
         let router = Router::new(&config.routes);
-        let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect();
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
-        Ok(Snapshot { generation, config, router, upstreams, plugins, route_names })
+        Ok(Snapshot { generation, config, router, tls, upstreams, plugins, route_names })
     }
 
     /// Starts the background work the snapshot needs (DNS re-resolution) on the current runtime;
@@ -54,5 +65,11 @@ impl Snapshot {
     /// The listener named `name`, if this snapshot still has it.
     pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
         self.config.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The TLS of the listener named `name`; `None` when it is not an `https` listener.
+    pub fn server_tls(&self, name: &str) -> Option<&Arc<ServerTls>> {
+        let index = self.config.listeners.iter().position(|l| l.name == name)?;
+        self.tls[index].as_ref()
     }
 }

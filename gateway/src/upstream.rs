@@ -13,20 +13,24 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use arc_swap::ArcSwap;
 
 use crate::balance::Balancer;
-use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol};
+use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls};
 use crate::metrics::METRICS;
+use crate::tls::BackendTls;
 
-/// A backend's identity in the connection pools: the same address and protocol get the same key
-/// in every snapshot.
+/// A backend's identity in the connection pools: the same address, protocol and TLS settings get
+/// the same key in every snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendKey(u32);
 
+/// What makes two backends' connections interchangeable.
+type Identity = (String, UpstreamProtocol, Option<UpstreamTls>);
+
 impl BackendKey {
-    fn of(address: &str, protocol: UpstreamProtocol) -> BackendKey {
-        static KEYS: LazyLock<Mutex<HashMap<(String, UpstreamProtocol), u32>>> = LazyLock::new(Default::default);
+    fn of(address: &str, config: &UpstreamConfig) -> BackendKey {
+        static KEYS: LazyLock<Mutex<HashMap<Identity, u32>>> = LazyLock::new(Default::default);
         let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
         let next = keys.len() as u32;
-        BackendKey(*keys.entry((address.to_string(), protocol)).or_insert(next))
+        BackendKey(*keys.entry((address.to_string(), config.protocol, config.tls.clone())).or_insert(next))
     }
 }
 
@@ -36,6 +40,8 @@ pub struct Backend {
     pub config: BackendConfig,
     /// Its identity in the connection pools.
     pub key: BackendKey,
+    /// How to open TLS to it, when its upstream has `tls`.
+    pub tls: Option<BackendTls>,
     /// The addresses its name resolves to now.
     addrs: Arc<ArcSwap<Vec<SocketAddr>>>,
     healthy: AtomicBool,
@@ -65,25 +71,37 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the upstream, resolving backend names now (a name that does not resolve yet is logged
-    /// and retried by [`Upstream::spawn_resolver`]).
-    pub fn new(config: UpstreamConfig) -> Upstream {
+    /// and retried by [`Upstream::spawn_resolver`]) and reading its TLS files. The error names the
+    /// upstream and the file.
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        let client_tls = match &config.tls {
+            Some(tls) => Some((tls, BackendTls::config(&config.name, tls, config.protocol)?)),
+            None => None,
+        };
         let backends: Vec<Backend> = config
             .backends
             .iter()
-            .map(|b| Backend {
-                key: BackendKey::of(&b.address, config.protocol),
-                addrs: Arc::new(ArcSwap::from_pointee(resolve_now(&config.name, b))),
-                healthy: AtomicBool::new(true),
-                config: b.clone(),
+            .map(|b| {
+                let tls = match &client_tls {
+                    Some((tls, client)) => Some(BackendTls::new(&config.name, client.clone(), tls, &b.host)?),
+                    None => None,
+                };
+                Ok(Backend {
+                    key: BackendKey::of(&b.address, &config),
+                    tls,
+                    addrs: Arc::new(ArcSwap::from_pointee(resolve_now(&config.name, b))),
+                    healthy: AtomicBool::new(true),
+                    config: b.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         for backend in &backends {
             METRICS.backend_health(&config.name, &backend.config.address, backend.is_healthy());
         }
         let weights: Vec<u32> = backends.iter().map(|b| b.config.weight).collect();
         let keys: Vec<&str> = backends.iter().map(|b| b.config.address.as_str()).collect();
         let balancer = Balancer::new(&config.balance, &weights, &keys);
-        Upstream { config, backends, balancer }
+        Ok(Upstream { config, backends, balancer })
     }
 
     /// Re-resolves the backends named by DNS every `resolve_interval_ms`, on the current runtime,

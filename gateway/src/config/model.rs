@@ -33,6 +33,25 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+impl Config {
+    /// Every certificate, key and CA bundle the config names.
+    pub fn tls_files(&self) -> impl Iterator<Item = &std::path::Path> {
+        let listeners = self.listeners.iter().filter_map(|l| match &l.protocol {
+            ListenerProtocol::Https(tls) => Some(tls),
+            ListenerProtocol::Http => None,
+        });
+        let served = listeners.flat_map(|tls| {
+            let pairs = tls.certificates.iter().flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
+            pairs.chain(tls.client_ca.as_deref())
+        });
+        let upstream = self.upstreams.iter().filter_map(|u| u.tls.as_ref()).flat_map(|tls| {
+            let client = tls.client.iter().flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
+            client.chain(tls.ca.as_deref())
+        });
+        served.chain(upstream)
+    }
+}
+
 /// `[admin]`: where the admin API listens.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -76,17 +95,55 @@ pub struct ListenerConfig {
     pub name: String,
     /// `listen = "127.0.0.1:8080"`.
     pub listen: SocketAddr,
-    /// `protocol = "http"`: only `http` is served by this version.
+    /// `protocol = "http" | "https"`, with the https listener's TLS settings.
     pub protocol: ListenerProtocol,
     /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<Cidr>,
 }
 
 /// What a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 cleartext (prior knowledge), told apart by the connection preface.
     Http,
+    /// HTTP/1.1 and HTTP/2 (by ALPN) over TLS.
+    Https(ListenerTls),
+}
+
+/// The TLS settings of an `https` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// `tls = { cert, key }` or an array of them: chosen by SNI among the names in each
+    /// certificate; the first is the default. Never empty.
+    pub certificates: Vec<CertificateFiles>,
+    /// `client_ca = "ca.pem"`: clients must present a certificate issued by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+    /// `handshake_timeout_ms = 10000`: a client that has not finished its handshake by then is
+    /// disconnected.
+    pub handshake_timeout: Duration,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertificateFiles {
+    /// `cert = "site.pem"`: the certificate, then its intermediates.
+    pub cert: PathBuf,
+    /// `key = "site.key"`: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
+}
+
+/// An upstream's `tls`: how the gateway verifies its backends and what it shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// `ca = "ca.pem"`: the roots backend certificates must chain to; the system's when absent.
+    pub ca: Option<PathBuf>,
+    /// `server_name = "api.internal"`: the name sent by SNI and checked in the backend's
+    /// certificate; the backend's host by default.
+    pub server_name: Option<String>,
+    /// `cert` and `key`: a client certificate for backends that demand one.
+    pub client: Option<CertificateFiles>,
+    /// `danger_skip_verify = true` turns verification off (false by default, and loudly logged).
+    pub verify: bool,
 }
 
 /// `[[upstream]]`: a named pool of backends.
@@ -102,6 +159,8 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// `resolve_interval_ms = 30000`: how often backend DNS names are resolved again.
     pub resolve_interval: Duration,
+    /// `tls = true` or a table: backends are spoken to over TLS.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One backend of an upstream.

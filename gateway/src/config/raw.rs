@@ -65,7 +65,9 @@ pub struct RawListener {
     pub protocol: Spanned<ListenerProtocolKey>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<Text>>,
-    pub tls: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<RawListenerTls>>,
+    pub client_ca: Option<Spanned<Text>>,
+    pub handshake_timeout_ms: Option<Spanned<u64>>,
     pub upstream: Option<Spanned<Text>>,
     pub plugins: Option<Spanned<Vec<Text>>>,
     pub connect_ports: Option<Spanned<Vec<u16>>>,
@@ -92,7 +94,47 @@ pub struct RawUpstream {
     pub protocol: Option<UpstreamProtocolKey>,
     pub resolve_interval_ms: Option<Spanned<u64>>,
     pub health: Option<Spanned<toml::Value>>,
-    pub tls: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+/// An https listener's `tls`: one `{ cert, key }` table or an array of them.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected { cert = \"cert.pem\", key = \"key.pem\" } or an array of such tables"
+)]
+pub enum RawListenerTls {
+    One(RawCertificate),
+    Many(Vec<RawCertificate>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Text,
+    pub key: Text,
+}
+
+/// An upstream's `tls`: `true` or a table.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected true, false, or { ca = \"ca.pem\", server_name = \"api.internal\", cert = \"...\", key = \"...\" }"
+)]
+pub enum RawUpstreamTls {
+    Enabled(bool),
+    Table(RawUpstreamTlsTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTlsTable {
+    pub ca: Option<Text>,
+    pub server_name: Option<Text>,
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
+    #[serde(default)]
+    pub danger_skip_verify: bool,
 }
 
 /// `"127.0.0.1:9001"` or `{ address = "...", weight = 2, zone = "eu" }`.

@@ -127,20 +127,20 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         let protocol = match raw.protocol.get_ref() {
             ListenerProtocolKey::Http => ListenerProtocol::Http,
+            ListenerProtocolKey::Https => ListenerProtocol::Https(self.listener_tls(&raw)?),
             other => {
-                let name = match other {
-                    ListenerProtocolKey::Https => "https",
-                    ListenerProtocolKey::Forward => "forward",
-                    _ => "tcp",
-                };
+                let name = if *other == ListenerProtocolKey::Forward { "forward" } else { "tcp" };
                 return Err(self.err(
                     raw.protocol.span(),
-                    format!("protocol `{name}` is not available in this version of sluice yet; use \"http\""),
+                    format!("protocol `{name}` is not available in this version of sluice yet; use \"http\" or \"https\""),
                 ));
             }
         };
+        let is_https = matches!(protocol, ListenerProtocol::Https(_));
         let mode_keys = [
-            ("tls", raw.tls.as_ref().map(Spanned::span)),
+            ("tls", raw.tls.as_ref().map(Spanned::span).filter(|_| !is_https)),
+            ("client_ca", raw.client_ca.as_ref().map(Spanned::span).filter(|_| !is_https)),
+            ("handshake_timeout_ms", raw.handshake_timeout_ms.as_ref().map(Spanned::span).filter(|_| !is_https)),
             ("upstream", raw.upstream.as_ref().map(Spanned::span)),
             ("plugins", raw.plugins.as_ref().map(Spanned::span)),
             ("connect_ports", raw.connect_ports.as_ref().map(Spanned::span)),
@@ -148,7 +148,8 @@ impl Validator<'_> {
             ("anonymous", raw.anonymous.as_ref().map(Spanned::span)),
         ];
         if let Some((key, Some(span))) = mode_keys.into_iter().find(|(_, span)| span.is_some()) {
-            return Err(self.err(span, format!("`{key}` does not apply to an http listener; remove it")));
+            let protocol = if is_https { "https" } else { "http" };
+            return Err(self.err(span, format!("`{key}` does not apply to an {protocol} listener; remove it")));
         }
         let trusted_proxies = raw
             .trusted_proxies
@@ -164,19 +165,69 @@ impl Validator<'_> {
         Ok((raw.name, listener))
     }
 
+    fn listener_tls(&self, raw: &RawListener) -> Result<ListenerTls> {
+        let Some(tls) = &raw.tls else {
+            return Err(self.err(
+                raw.protocol.span(),
+                "an https listener needs `tls = { cert = \"cert.pem\", key = \"key.pem\" }` (or an array of them)",
+            ));
+        };
+        let certificates: Vec<CertificateFiles> = match tls.get_ref() {
+            RawListenerTls::One(c) => vec![self.certificate_files(&c.cert, &c.key)],
+            RawListenerTls::Many(list) => list.iter().map(|c| self.certificate_files(&c.cert, &c.key)).collect(),
+        };
+        if certificates.is_empty() {
+            return Err(self.err(tls.span(), "`tls` lists no certificate: add at least one { cert, key }"));
+        }
+        Ok(ListenerTls {
+            certificates,
+            client_ca: raw.client_ca.as_ref().map(|ca| self.relative_path(&ca.get_ref().0)),
+            handshake_timeout: self.duration(raw.handshake_timeout_ms.clone(), 10_000)?,
+        })
+    }
+
+    fn certificate_files(&self, cert: &Text, key: &Text) -> CertificateFiles {
+        CertificateFiles { cert: self.relative_path(&cert.0), key: self.relative_path(&key.0) }
+    }
+
+    fn upstream_tls(&self, raw: Option<&Spanned<RawUpstreamTls>>) -> Result<Option<UpstreamTls>> {
+        let table = match raw.map(|r| (r.get_ref(), r.span())) {
+            None | Some((RawUpstreamTls::Enabled(false), _)) => return Ok(None),
+            Some((RawUpstreamTls::Enabled(true), _)) => {
+                return Ok(Some(UpstreamTls { ca: None, server_name: None, client: None, verify: true }));
+            }
+            Some((RawUpstreamTls::Table(table), span)) => (table, span),
+        };
+        let (table, span) = table;
+        let client = match (&table.cert, &table.key) {
+            (Some(cert), Some(key)) => Some(self.certificate_files(cert, key)),
+            (None, None) => None,
+            _ => return Err(self.err(span, "a client certificate needs both `cert` and `key`")),
+        };
+        if let Some(name) = &table.server_name
+            && rustls::pki_types::ServerName::try_from(name.0.as_str()).is_err()
+        {
+            return Err(self.err(span, format!("server_name `{}` is not a DNS name or IP address", name.0)));
+        }
+        Ok(Some(UpstreamTls {
+            ca: table.ca.as_ref().map(|ca| self.relative_path(&ca.0)),
+            server_name: table.server_name.as_ref().map(|n| n.0.clone()),
+            client,
+            verify: !table.danger_skip_verify,
+        }))
+    }
+
     fn upstream(
         &self,
         raw: Spanned<RawUpstream>,
         plugins: &HashMap<&str, usize>,
     ) -> Result<(Spanned<Text>, UpstreamConfig)> {
         let raw = raw.into_inner();
-        for (key, value) in [("health", &raw.health), ("tls", &raw.tls)] {
-            if let Some(value) = value {
-                return Err(self.err(
-                    value.span(),
-                    format!("upstream `{key}` is not available in this version of sluice yet; remove it"),
-                ));
-            }
+        if let Some(health) = &raw.health {
+            return Err(self.err(
+                health.span(),
+                "upstream `health` is not available in this version of sluice yet; remove it",
+            ));
         }
         if raw.backends.get_ref().is_empty() {
             return Err(self.err(raw.backends.span(), "an upstream needs at least one backend"));
@@ -206,6 +257,7 @@ impl Validator<'_> {
                 Some(UpstreamProtocolKey::Http1) | None => UpstreamProtocol::Http1,
             },
             resolve_interval: self.duration(raw.resolve_interval_ms, 30_000)?,
+            tls: self.upstream_tls(raw.tls.as_ref())?,
         };
         Ok((raw.name, upstream))
     }

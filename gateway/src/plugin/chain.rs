@@ -20,6 +20,7 @@ use crate::body::ResponseBody;
 use crate::config::OnError;
 use crate::error::ProxyError;
 use crate::net::IpText;
+use crate::tls::TlsFacts;
 
 /// What on-request decided for the request as a whole.
 pub enum Verdict {
@@ -46,6 +47,7 @@ pub struct Chain<'s> {
     chain: &'s [usize],
     all: &'s [LoadedPlugin],
     route: &'s str,
+    tls: Option<&'s TlsFacts>,
     /// Bit `i` is set when on-request of `chain[i]` ran.
     ran: u64,
     context: Vec<(String, String)>,
@@ -57,9 +59,9 @@ pub struct Chain<'s> {
 
 impl<'s> Chain<'s> {
     /// The chain of plugins `chain` (indices into `all`, at most [`MAX_PLUGINS_PER_ROUTE`]) on
-    /// route `route`.
-    pub fn new(chain: &'s [usize], all: &'s [LoadedPlugin], route: &'s str) -> Self {
-        Chain { chain, all, route, ran: 0, context: Vec::new(), response_ops: Vec::new(), request: None }
+    /// route `route`, for a request that came over TLS when `tls` is set.
+    pub fn new(chain: &'s [usize], all: &'s [LoadedPlugin], route: &'s str, tls: Option<&'s TlsFacts>) -> Self {
+        Chain { chain, all, route, tls, ran: 0, context: Vec::new(), response_ops: Vec::new(), request: None }
     }
 
     fn plugins(&self) -> impl DoubleEndedIterator<Item = (usize, &'s LoadedPlugin)> + use<'s> {
@@ -93,7 +95,7 @@ impl<'s> Chain<'s> {
                     route: self.route,
                 };
                 let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
-                let view = types::Request { head, tls: None, context };
+                let view = types::Request { head, tls: self.tls.map(TlsFacts::view), context };
                 plugin.call(|hooks, store| hooks.call_on_request(store, view))
             })
             .and_then(|outcome| {
@@ -209,6 +211,8 @@ pub struct Selecting<'a> {
     pub target: &'a Target<'a>,
     /// The client address.
     pub client_ip: IpAddr,
+    /// What TLS told about the client connection.
+    pub tls: Option<&'a TlsFacts>,
     /// The route's name.
     pub route: &'a str,
     /// The request context.
@@ -225,7 +229,7 @@ pub fn select_backend(
     if !plugin.implements(Hook::SelectBackend) {
         return Ok(None);
     }
-    let Selecting { method, headers, target, client_ip, route, context } = *request;
+    let Selecting { method, headers, target, client_ip, tls, route, context } = *request;
     let client_ip = IpText::new(client_ip);
     let line = RequestLine {
         method: method.as_str(),
@@ -236,7 +240,7 @@ pub fn select_backend(
     };
     let selection = fields::with_scratch(|scratch| {
         let (head, context) = fields::encode_request(scratch, &line, headers, context);
-        let view = types::Request { head, tls: None, context };
+        let view = types::Request { head, tls: tls.map(TlsFacts::view), context };
         plugin.call(|hooks, store| hooks.call_select_backend(store, view, backends))
     });
     let chosen = selection.and_then(|selection| match selection {

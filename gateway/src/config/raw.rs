@@ -99,10 +99,7 @@ pub struct RawUpstream {
 
 /// An https listener's `tls`: one `{ cert, key }` table or an array of them.
 #[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "expected { cert = \"cert.pem\", key = \"key.pem\" } or an array of such tables"
-)]
+#[serde(untagged, expecting = "expected { cert = \"cert.pem\", key = \"key.pem\" } or an array of such tables")]
 pub enum RawListenerTls {
     One(RawCertificate),
     Many(Vec<RawCertificate>),

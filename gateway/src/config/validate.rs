@@ -132,7 +132,9 @@ impl Validator<'_> {
                 let name = if *other == ListenerProtocolKey::Forward { "forward" } else { "tcp" };
                 return Err(self.err(
                     raw.protocol.span(),
-                    format!("protocol `{name}` is not available in this version of sluice yet; use \"http\" or \"https\""),
+                    format!(
+                        "protocol `{name}` is not available in this version of sluice yet; use \"http\" or \"https\""
+                    ),
                 ));
             }
         };
@@ -224,10 +226,9 @@ impl Validator<'_> {
     ) -> Result<(Spanned<Text>, UpstreamConfig)> {
         let raw = raw.into_inner();
         if let Some(health) = &raw.health {
-            return Err(self.err(
-                health.span(),
-                "upstream `health` is not available in this version of sluice yet; remove it",
-            ));
+            return Err(
+                self.err(health.span(), "upstream `health` is not available in this version of sluice yet; remove it")
+            );
         }
         if raw.backends.get_ref().is_empty() {
             return Err(self.err(raw.backends.span(), "an upstream needs at least one backend"));

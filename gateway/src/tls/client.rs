@@ -66,8 +66,9 @@ impl BackendTls {
     /// TLS to the backend at `host` (the configured `server_name` overrides it).
     pub fn new(upstream: &str, config: Arc<ClientConfig>, tls: &UpstreamTls, host: &str) -> Result<BackendTls, String> {
         let name = tls.server_name.as_deref().unwrap_or(host);
-        let server_name = ServerName::try_from(name.to_string())
-            .map_err(|_| format!("upstream `{upstream}`: `{name}` is not a valid TLS server name; set `server_name`"))?;
+        let server_name = ServerName::try_from(name.to_string()).map_err(|_| {
+            format!("upstream `{upstream}`: `{name}` is not a valid TLS server name; set `server_name`")
+        })?;
         Ok(BackendTls { connector: TlsConnector::from(config), server_name })
     }
 

@@ -53,7 +53,8 @@ impl ServerTls {
     /// listener and the file.
     pub fn build(listener: &str, config: &ListenerTls) -> Result<ServerTls, String> {
         let fail = |e: String| format!("listener `{listener}`: {e}");
-        let certificates = config.certificates.iter().map(files::certified_key).collect::<Result<_, _>>().map_err(fail)?;
+        let certificates =
+            config.certificates.iter().map(files::certified_key).collect::<Result<_, _>>().map_err(fail)?;
         let builder = ServerConfig::builder_with_provider(super::provider())
             .with_protocol_versions(super::VERSIONS)
             .map_err(|e| fail(e.to_string()))?;

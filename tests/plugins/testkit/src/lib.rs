@@ -17,6 +17,7 @@
 //! | `bench` | on_request | reads two headers and sets one: a cheap, typical hook |
 //! | `noop` | on_request | continues without reading or changing anything: the cost of a call itself |
 //! | `build` | on_response | stamps responses with the build marker [`BUILD`] |
+//! | `tls` | on_request | reports the TLS facts of the request in request headers |
 //!
 //! See [`Testkit`] for the exact behaviour of each mode.
 
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use sluice_sdk::prelude::*;
 
 /// The valid modes, as the init error lists them.
-pub const MODES: &str = "tag, select, counter, loop, hog, trap, init-fail, bench, noop, build";
+pub const MODES: &str = "tag, select, counter, loop, hog, trap, init-fail, bench, noop, build, tls";
 
 /// The marker `build` mode puts in `x-build`. The reload tests make a second build of this plugin
 /// by replacing these bytes in the component with another marker of the same length.
@@ -68,6 +69,9 @@ pub const TRAIL_KEY: &str = "trail";
 /// - `init-fail`: init fails with `testkit init refused: bad config`.
 /// - `bench`: on_request reads `user-agent` and `accept`, sets `x-bench: 1`, continues.
 /// - `build`: on_response sets `x-build: <BUILD>` (the constant [`BUILD`]).
+/// - `tls`: on_request sets request headers `x-tls-server-name` and `x-tls-client-subject` to the
+///   request's TLS facts (`-` for a fact that is absent), or `x-tls: none` when the request did
+///   not come over TLS.
 #[derive(Debug)]
 pub struct Testkit {
     mode: Mode,
@@ -87,6 +91,7 @@ enum Mode {
     Bench,
     Noop,
     Build,
+    Tls,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +119,7 @@ impl Plugin for Testkit {
             "bench" => Mode::Bench,
             "noop" => Mode::Noop,
             "build" => Mode::Build,
+            "tls" => Mode::Tls,
             "init-fail" => return Err("testkit init refused: bad config".into()),
             other => {
                 return Err(format!("testkit: unknown mode {other:?}; valid modes: {MODES}"));
@@ -181,6 +187,16 @@ impl Plugin for Testkit {
                 Action::Continue
             }
             Mode::Noop => Action::Continue,
+            Mode::Tls => {
+                match req.tls().cloned() {
+                    Some(tls) => {
+                        req.set_header("x-tls-server-name", tls.server_name.as_deref().unwrap_or("-"));
+                        req.set_header("x-tls-client-subject", tls.client_subject.as_deref().unwrap_or("-"));
+                    }
+                    None => req.set_header("x-tls", "none"),
+                }
+                Action::Continue
+            }
             Mode::Select | Mode::Build => Action::not_implemented(),
         }
     }

@@ -496,4 +496,55 @@ mod tests {
             assert_eq!(config.plugins[0].path, PathBuf::from(expected), "{path} from {file}");
         }
     }
+
+    #[test]
+    fn tls_settings_are_typed_with_paths_resolved_and_their_mistakes_pointed_at() {
+        use crate::config::{CertificateFiles, ListenerProtocol, UpstreamTls};
+        let text = |listener: &str, upstream: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
+                 [[upstream]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n{upstream}\n\n\
+                 [[route]]\nname = \"r\"\nupstream = \"u\"\n"
+            )
+        };
+        let file = Path::new("/etc/sluice/sluice.toml");
+        let config = crate::config::parse(
+            file,
+            &text(
+                "protocol = \"https\"\ntls = { cert = \"site.pem\", key = \"site.key\" }\nclient_ca = \"ca.pem\"",
+                "tls = { ca = \"../ca.pem\", server_name = \"api.internal\", cert = \"c.pem\", key = \"c.key\" }",
+            ),
+        )
+        .expect("a valid config");
+        let ListenerProtocol::Https(tls) = &config.listeners[0].protocol else { panic!("an https listener") };
+        let files = |cert: &str, key: &str| CertificateFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) };
+        assert_eq!(tls.certificates, [files("/etc/sluice/site.pem", "/etc/sluice/site.key")]);
+        assert_eq!(tls.client_ca.as_deref(), Some(Path::new("/etc/sluice/ca.pem")));
+        assert_eq!(tls.handshake_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(
+            config.upstreams[0].tls,
+            Some(UpstreamTls {
+                ca: Some(PathBuf::from("/etc/ca.pem")),
+                server_name: Some("api.internal".into()),
+                client: Some(files("/etc/sluice/c.pem", "/etc/sluice/c.key")),
+                verify: true,
+            })
+        );
+
+        let http = "protocol = \"http\"";
+        for (listener, upstream, expected) in [
+            ("protocol = \"https\"", "", ":4:12: an https listener needs `tls = { cert"),
+            (http, "tls = { cert = \"c.pem\" }", ":9:7: a client certificate needs both `cert` and `key`"),
+            (http, "tls = { server_name = \"not a name\" }", "server_name `not a name` is not a DNS name or IP address"),
+            (http, "tls = \"yes\"", "expected true, false, or { ca = "),
+            (http, "tls = { verify = false }", "expected true, false, or { ca = "),
+            ("protocol = \"https\"\ntls = { cert = \"a\" }", "", "expected { cert = \"cert.pem\", key = \"key.pem\" }"),
+            (&format!("{http}\nclient_ca = \"ca.pem\""), "", "`client_ca` does not apply to an http listener"),
+        ] {
+            let error = crate::config::parse(file, &text(listener, upstream)).expect_err(expected).to_string();
+            assert!(error.contains(expected), "expected {expected:?} in: {error}");
+        }
+        let skip = crate::config::parse(file, &text(http, "tls = { danger_skip_verify = true }")).expect("valid");
+        assert!(skip.upstreams[0].tls.as_ref().is_some_and(|t| !t.verify && t.ca.is_none()));
+    }
 }

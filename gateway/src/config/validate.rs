@@ -535,7 +535,11 @@ mod tests {
         for (listener, upstream, expected) in [
             ("protocol = \"https\"", "", ":4:12: an https listener needs `tls = { cert"),
             (http, "tls = { cert = \"c.pem\" }", ":9:7: a client certificate needs both `cert` and `key`"),
-            (http, "tls = { server_name = \"not a name\" }", "server_name `not a name` is not a DNS name or IP address"),
+            (
+                http,
+                "tls = { server_name = \"not a name\" }",
+                "server_name `not a name` is not a DNS name or IP address",
+            ),
             (http, "tls = \"yes\"", "expected true, false, or { ca = "),
             (http, "tls = { verify = false }", "expected true, false, or { ca = "),
             ("protocol = \"https\"\ntls = { cert = \"a\" }", "", "expected { cert = \"cert.pem\", key = \"key.pem\" }"),

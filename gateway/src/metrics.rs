@@ -63,6 +63,17 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
     tls_handshake_failures: Family<ListenerLabels, Counter>,
+    tcp_connections: Family<ListenerLabels, Counter>,
+    tcp_active: Family<ListenerLabels, Gauge>,
+}
+
+/// Keeps a relayed TCP connection counted as active until dropped.
+pub struct Active(Gauge);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The process's metrics.
@@ -77,6 +88,8 @@ impl Metrics {
         let reloads = Family::<ReloadLabels, Counter>::default();
         let backend_healthy = Family::<BackendLabels, Gauge>::default();
         let tls_handshake_failures = Family::<ListenerLabels, Counter>::default();
+        let tcp_connections = Family::<ListenerLabels, Counter>::default();
+        let tcp_active = Family::<ListenerLabels, Gauge>::default();
         registry.register("requests", "Requests answered, by route and status", requests.clone());
         registry.register("request_duration_seconds", "Time to the response headers", duration.clone());
         registry.register("plugin_calls", "Plugin hook calls, by outcome", plugin_calls.clone());
@@ -91,7 +104,19 @@ impl Metrics {
             "Client TLS handshakes that failed or timed out, by listener",
             tls_handshake_failures.clone(),
         );
-        Metrics { registry, requests, duration, plugin_calls, reloads, backend_healthy, tls_handshake_failures }
+        registry.register("tcp_connections", "Connections accepted by tcp listeners", tcp_connections.clone());
+        registry.register("tcp_connections_active", "Connections tcp listeners are relaying now", tcp_active.clone());
+        Metrics {
+            registry,
+            requests,
+            duration,
+            plugin_calls,
+            reloads,
+            backend_healthy,
+            tls_handshake_failures,
+            tcp_connections,
+            tcp_active,
+        }
     }
 
     /// Counts an answered request; `route` is `None` when no route matched.
@@ -122,6 +147,16 @@ impl Metrics {
     /// Counts a client whose TLS handshake failed or timed out.
     pub fn tls_handshake_failed(&self, listener: &str) {
         self.tls_handshake_failures.get_or_create(&ListenerLabels { listener: listener.to_string() }).inc();
+    }
+
+    /// Counts a connection accepted by the tcp listener `listener`; it counts as active until the
+    /// returned guard is dropped.
+    pub fn tcp_connection(&self, listener: &str) -> Active {
+        let labels = ListenerLabels { listener: listener.to_string() };
+        self.tcp_connections.get_or_create(&labels).inc();
+        let active = self.tcp_active.get_or_create(&labels).clone();
+        active.inc();
+        Active(active)
     }
 
     /// The Prometheus text exposition of every metric.

@@ -32,7 +32,7 @@ const MAX_IDLE_PER_BACKEND: usize = 256;
 /// How long an idle HTTP/1.1 connection is kept before it is closed.
 const IDLE_TTL: Duration = Duration::from_secs(60);
 
-/// Where a request goes.
+/// Where a request (or a relayed TCP connection) goes.
 pub struct Destination<'a> {
     /// The backend's identity in the pool.
     pub key: BackendKey,
@@ -171,7 +171,7 @@ impl Pool {
 
 /// Connects to the first of the target's addresses that accepts, then opens TLS when the target
 /// has it, all within the connect timeout.
-async fn connect(target: &Destination<'_>) -> Result<Stream, ProxyError> {
+pub async fn connect(target: &Destination<'_>) -> Result<Stream, ProxyError> {
     let attempt = async {
         let mut last_error = None;
         for addr in target.addrs {

@@ -240,7 +240,7 @@ async fn forward_to_backend<'s>(
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         let backend_upgrade = hyper::upgrade::on(&mut response);
-        tokio::task::spawn_local(tunnel(client_upgrade, backend_upgrade, lease));
+        tokio::task::spawn_local(tunnel(client_upgrade, backend_upgrade, route.idle_timeout, lease));
         forward::remove_hop_by_hop(response.headers_mut(), true);
         return Ok(response.map(|_| ResponseBody::empty()));
     }
@@ -336,8 +336,14 @@ fn pick_backend(snapshot: &Snapshot, upstream: &Upstream, request: &chain::Selec
 }
 
 /// Joins the client's and the backend's upgraded connections and copies bytes both ways until
-/// both sides are done; the lease keeps the backend counted as busy meanwhile.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, _lease: Lease) {
+/// both sides are done, or nothing moved for the route's idle timeout; the lease keeps the
+/// backend counted as busy meanwhile.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+    _lease: Lease,
+) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {
@@ -345,8 +351,7 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUp
             return;
         }
     };
-    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+    if let Err(e) = crate::relay::relay(TokioIo::new(client), TokioIo::new(backend), idle).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }

@@ -26,8 +26,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::admin;
+use crate::config::ListenerProtocol;
 use crate::config::{self, Config};
 use crate::control::{Control, WorkerCommand};
+use crate::l4;
 use crate::local::LocalExec;
 use crate::logging;
 use crate::metrics::METRICS;
@@ -211,14 +213,27 @@ async fn accept(
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let tls = worker.snapshots.load().server_tls(&name).cloned();
         connections.open.set(connections.open.get() + 1);
         let connection = Connection { name: name.clone(), peer, worker: worker.clone(), builder: builder.clone() };
         let (connections, stopped) = (connections.clone(), stopped.clone());
         tokio::task::spawn_local(async move {
-            match tls {
-                Some(tls) => connection.serve_tls(stream, &tls, stopped).await,
-                None => connection.serve(Stream::Plain(stream), None, stopped).await,
+            // The listener's protocol as the current snapshot has it: a reload may change it.
+            let snapshot = connection.worker.snapshots.load_full();
+            match snapshot.listener(&connection.name).map(|l| &l.protocol) {
+                Some(ListenerProtocol::Tcp(proxy)) => {
+                    l4::serve(stream, peer, &connection.name, proxy, snapshot.clone()).await;
+                }
+                Some(ListenerProtocol::Https(_)) => {
+                    let tls = snapshot.server_tls(&connection.name).cloned();
+                    drop(snapshot);
+                    if let Some(tls) = tls {
+                        connection.serve_tls(stream, &tls, stopped).await;
+                    }
+                }
+                Some(ListenerProtocol::Http) | None => {
+                    drop(snapshot);
+                    connection.serve(Stream::Plain(stream), None, stopped).await;
+                }
             }
             connections.open.set(connections.open.get() - 1);
             if connections.open.get() == 0 {

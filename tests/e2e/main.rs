@@ -14,4 +14,5 @@ mod protocols;
 mod reload;
 mod routing;
 mod streaming;
+mod tcp;
 mod tls;

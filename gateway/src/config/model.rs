@@ -38,7 +38,7 @@ impl Config {
     pub fn tls_files(&self) -> impl Iterator<Item = &std::path::Path> {
         let listeners = self.listeners.iter().filter_map(|l| match &l.protocol {
             ListenerProtocol::Https(tls) => Some(tls),
-            ListenerProtocol::Http => None,
+            ListenerProtocol::Http | ListenerProtocol::Tcp(_) => None,
         });
         let served = listeners.flat_map(|tls| {
             let pairs = tls.certificates.iter().flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
@@ -95,7 +95,7 @@ pub struct ListenerConfig {
     pub name: String,
     /// `listen = "127.0.0.1:8080"`.
     pub listen: SocketAddr,
-    /// `protocol = "http" | "https"`, with the https listener's TLS settings.
+    /// `protocol = "http" | "https" | "tcp"`, with the settings of that protocol.
     pub protocol: ListenerProtocol,
     /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<Cidr>,
@@ -108,6 +108,20 @@ pub enum ListenerProtocol {
     Http,
     /// HTTP/1.1 and HTTP/2 (by ALPN) over TLS.
     Https(ListenerTls),
+    /// Bytes, relayed to a backend of an upstream.
+    Tcp(TcpProxy),
+}
+
+/// A `tcp` listener's settings: every connection is relayed to a backend of `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpProxy {
+    /// `upstream = "db"`: index into [`Config::upstreams`]; its balancing policy picks.
+    pub upstream: usize,
+    /// `connect_timeout_ms = 2000`: per backend tried; a backend that does not accept in time is
+    /// skipped for the next one.
+    pub connect_timeout: Duration,
+    /// `idle_timeout_ms = 300000`: a connection with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// The TLS settings of an `https` listener.

@@ -69,6 +69,8 @@ pub struct RawListener {
     pub client_ca: Option<Spanned<Text>>,
     pub handshake_timeout_ms: Option<Spanned<u64>>,
     pub upstream: Option<Spanned<Text>>,
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    pub idle_timeout_ms: Option<Spanned<u64>>,
     pub plugins: Option<Spanned<Vec<Text>>>,
     pub connect_ports: Option<Spanned<Vec<u16>>>,
     pub allow: Option<Spanned<Vec<Text>>>,

@@ -1,6 +1,6 @@
 //! From the file as written to the typed config: defaults, ranges, names and references.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Component, Path};
@@ -29,7 +29,13 @@ impl Validator<'_> {
     }
 
     pub fn config(&self, raw: RawConfig) -> Result<Config> {
-        let listeners = raw.listener.into_iter().map(|l| self.listener(l)).collect::<Result<Vec<_>>>()?;
+        let plugins = raw.plugin.into_iter().map(|p| self.plugin(p)).collect::<Result<Vec<_>>>()?;
+        let plugin_names = self.unique_names("plugin", plugins.iter().map(|(n, _)| n))?;
+        let upstreams =
+            raw.upstream.into_iter().map(|u| self.upstream(u, &plugin_names)).collect::<Result<Vec<_>>>()?;
+        let upstream_names = self.unique_names("upstream", upstreams.iter().map(|(n, _)| n))?;
+        let listeners =
+            raw.listener.into_iter().map(|l| self.listener(l, &upstream_names)).collect::<Result<Vec<_>>>()?;
         if listeners.is_empty() {
             return Err(ConfigError::whole_file(
                 self.file,
@@ -37,15 +43,15 @@ impl Validator<'_> {
             ));
         }
         let listener_names = self.unique_names("listener", listeners.iter().map(|(n, _)| n))?;
-        let plugins = raw.plugin.into_iter().map(|p| self.plugin(p)).collect::<Result<Vec<_>>>()?;
-        let plugin_names = self.unique_names("plugin", plugins.iter().map(|(n, _)| n))?;
-        let upstreams =
-            raw.upstream.into_iter().map(|u| self.upstream(u, &plugin_names)).collect::<Result<Vec<_>>>()?;
-        let upstream_names = self.unique_names("upstream", upstreams.iter().map(|(n, _)| n))?;
+        let tcp_listeners: HashSet<&str> = listeners
+            .iter()
+            .filter(|(_, l)| matches!(l.protocol, ListenerProtocol::Tcp(_)))
+            .map(|(n, _)| n.get_ref().0.as_str())
+            .collect();
         let routes = raw
             .route
             .into_iter()
-            .map(|r| self.route(r, &listener_names, &upstream_names, &plugin_names))
+            .map(|r| self.route(r, &listener_names, &tcp_listeners, &upstream_names, &plugin_names))
             .collect::<Result<Vec<_>>>()?;
         let routes_named = routes.iter().map(|(n, _)| n);
         self.unique_names("route", routes_named)?;
@@ -123,35 +129,45 @@ impl Validator<'_> {
         Ok(AdminConfig { listen, token: raw.token.map(|t| t.0) })
     }
 
-    fn listener(&self, raw: Spanned<RawListener>) -> Result<(Spanned<Text>, ListenerConfig)> {
+    fn listener(
+        &self,
+        raw: Spanned<RawListener>,
+        upstreams: &HashMap<&str, usize>,
+    ) -> Result<(Spanned<Text>, ListenerConfig)> {
         let raw = raw.into_inner();
         let protocol = match raw.protocol.get_ref() {
             ListenerProtocolKey::Http => ListenerProtocol::Http,
             ListenerProtocolKey::Https => ListenerProtocol::Https(self.listener_tls(&raw)?),
-            other => {
-                let name = if *other == ListenerProtocolKey::Forward { "forward" } else { "tcp" };
+            ListenerProtocolKey::Tcp => ListenerProtocol::Tcp(self.tcp_proxy(&raw, upstreams)?),
+            ListenerProtocolKey::Forward => {
                 return Err(self.err(
                     raw.protocol.span(),
-                    format!(
-                        "protocol `{name}` is not available in this version of sluice yet; use \"http\" or \"https\""
-                    ),
+                    "protocol `forward` is not available in this version of sluice yet; use \"http\", \"https\" or \"tcp\"",
                 ));
             }
         };
-        let is_https = matches!(protocol, ListenerProtocol::Https(_));
+        let (https, tcp) =
+            (matches!(protocol, ListenerProtocol::Https(_)), matches!(protocol, ListenerProtocol::Tcp(_)));
+        let span = |value: Option<Range<usize>>, applies: bool| value.filter(|_| !applies);
         let mode_keys = [
-            ("tls", raw.tls.as_ref().map(Spanned::span).filter(|_| !is_https)),
-            ("client_ca", raw.client_ca.as_ref().map(Spanned::span).filter(|_| !is_https)),
-            ("handshake_timeout_ms", raw.handshake_timeout_ms.as_ref().map(Spanned::span).filter(|_| !is_https)),
-            ("upstream", raw.upstream.as_ref().map(Spanned::span)),
+            ("tls", span(raw.tls.as_ref().map(Spanned::span), https)),
+            ("client_ca", span(raw.client_ca.as_ref().map(Spanned::span), https)),
+            ("handshake_timeout_ms", span(raw.handshake_timeout_ms.as_ref().map(Spanned::span), https)),
+            ("upstream", span(raw.upstream.as_ref().map(Spanned::span), tcp)),
+            ("connect_timeout_ms", span(raw.connect_timeout_ms.as_ref().map(Spanned::span), tcp)),
+            ("idle_timeout_ms", span(raw.idle_timeout_ms.as_ref().map(Spanned::span), tcp)),
             ("plugins", raw.plugins.as_ref().map(Spanned::span)),
             ("connect_ports", raw.connect_ports.as_ref().map(Spanned::span)),
             ("allow", raw.allow.as_ref().map(Spanned::span)),
             ("anonymous", raw.anonymous.as_ref().map(Spanned::span)),
         ];
         if let Some((key, Some(span))) = mode_keys.into_iter().find(|(_, span)| span.is_some()) {
-            let protocol = if is_https { "https" } else { "http" };
-            return Err(self.err(span, format!("`{key}` does not apply to an {protocol} listener; remove it")));
+            let protocol = match protocol {
+                ListenerProtocol::Http => "an http",
+                ListenerProtocol::Https(_) => "an https",
+                ListenerProtocol::Tcp(_) => "a tcp",
+            };
+            return Err(self.err(span, format!("`{key}` does not apply to {protocol} listener; remove it")));
         }
         let trusted_proxies = raw
             .trusted_proxies
@@ -185,6 +201,19 @@ impl Validator<'_> {
             certificates,
             client_ca: raw.client_ca.as_ref().map(|ca| self.relative_path(&ca.get_ref().0)),
             handshake_timeout: self.duration(raw.handshake_timeout_ms.clone(), 10_000)?,
+        })
+    }
+
+    fn tcp_proxy(&self, raw: &RawListener, upstreams: &HashMap<&str, usize>) -> Result<TcpProxy> {
+        let Some(upstream) = &raw.upstream else {
+            return Err(
+                self.err(raw.protocol.span(), "a tcp listener needs `upstream = \"NAME\"`: where to relay connections")
+            );
+        };
+        Ok(TcpProxy {
+            upstream: self.reference("upstream", upstream, upstreams)?,
+            connect_timeout: self.duration(raw.connect_timeout_ms.clone(), 2_000)?,
+            idle_timeout: self.duration(raw.idle_timeout_ms.clone(), 300_000)?,
         })
     }
 
@@ -363,12 +392,22 @@ impl Validator<'_> {
         &self,
         raw: Spanned<RawRoute>,
         listeners: &HashMap<&str, usize>,
+        tcp_listeners: &HashSet<&str>,
         upstreams: &HashMap<&str, usize>,
         plugins: &HashMap<&str, usize>,
     ) -> Result<(Spanned<Text>, RouteConfig)> {
         let raw = raw.into_inner();
         if let Some(listener) = &raw.listener {
             self.reference("listener", listener, listeners)?;
+            if tcp_listeners.contains(listener.get_ref().0.as_str()) {
+                return Err(self.err(
+                    listener.span(),
+                    format!(
+                        "listener `{}` is a tcp listener: routes apply to http and https listeners",
+                        listener.get_ref().0
+                    ),
+                ));
+            }
         }
         if let Some(extra) = raw.plugins.get(crate::plugin::chain::MAX_PLUGINS_PER_ROUTE) {
             return Err(self.err(

@@ -127,12 +127,13 @@ pub struct UpstreamBody {
     inner: Incoming,
     idle: IdleDeadline,
     checkin: Option<Checkin>,
-    _lease: Lease,
+    _lease: Option<Lease>,
 }
 
 impl UpstreamBody {
-    /// `checkin` returns the connection to the pool once the body is complete (HTTP/1 only).
-    pub fn new(inner: Incoming, idle_timeout: Duration, checkin: Option<Checkin>, lease: Lease) -> Self {
+    /// `checkin` returns the connection to the pool once the body is complete (HTTP/1 only);
+    /// `lease` keeps an upstream's backend counted as busy until then.
+    pub fn new(inner: Incoming, idle_timeout: Duration, checkin: Option<Checkin>, lease: Option<Lease>) -> Self {
         UpstreamBody { inner, idle: IdleDeadline::new(idle_timeout), checkin, _lease: lease }
     }
 

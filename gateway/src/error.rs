@@ -19,6 +19,9 @@ pub enum ProxyError {
     NoRoute,
     /// The request cannot be routed or forwarded as it is (400).
     BadRequest(&'static str),
+    /// The forward proxy's policy refuses the request: a client outside `allow`, a CONNECT port
+    /// not in `connect_ports` (403).
+    Forbidden(&'static str),
     /// Every backend of the upstream is unhealthy or already tried (503).
     NoHealthyBackend { upstream: String },
     /// No connection could be made to the backend (502).
@@ -59,6 +62,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -69,7 +73,7 @@ impl ProxyError {
     /// Where the failure came from.
     pub fn source(&self) -> Source {
         match self {
-            ProxyError::BadRequest(_) => Source::Downstream,
+            ProxyError::BadRequest(_) | ProxyError::Forbidden(_) => Source::Downstream,
             ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } => Source::Gateway,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => Source::Upstream,
             ProxyError::Plugin { .. } => Source::Plugin,
@@ -85,7 +89,7 @@ impl ProxyError {
     fn public_message(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no route matches this request",
-            ProxyError::BadRequest(why) => why,
+            ProxyError::BadRequest(why) | ProxyError::Forbidden(why) => why,
             ProxyError::NoHealthyBackend { .. } => "no healthy backend is available",
             ProxyError::Connect { .. } => "the backend could not be reached",
             ProxyError::Upstream { .. } => "the backend closed the connection or answered invalidly",
@@ -117,6 +121,7 @@ impl fmt::Display for ProxyError {
         match self {
             ProxyError::NoRoute => write!(f, "no route matches"),
             ProxyError::BadRequest(why) => write!(f, "bad request: {why}"),
+            ProxyError::Forbidden(why) => write!(f, "forbidden: {why}"),
             ProxyError::NoHealthyBackend { upstream } => {
                 write!(f, "upstream `{upstream}`: no healthy backend")
             }

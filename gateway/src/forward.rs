@@ -80,6 +80,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Adds `peer` (an address as text) to the end of `X-Forwarded-For`.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            HeaderValue::from_bytes(&[previous.as_bytes(), b", ", peer.as_bytes()].concat()).unwrap_or(peer.clone())
+        }
+        None => peer.clone(),
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+}
+
+/// What a forward proxy tells the target about the client (hop-by-hop headers, Proxy-Authorization
+/// among them, already removed): `X-Forwarded-For` and `Via: 1.1 sluice` added, or, when
+/// `anonymous`, every header that identifies the client or a proxy on the way removed.
+pub fn identify_client(headers: &mut HeaderMap, peer: &HeaderValue, anonymous: bool) {
+    if anonymous {
+        for name in [&header::FORWARDED, &X_FORWARDED_FOR, &header::VIA] {
+            headers.remove(name);
+        }
+    } else {
+        append_forwarded_for(headers, peer);
+        headers.append(header::VIA, HeaderValue::from_static("1.1 sluice"));
+    }
+}
+
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address of
 /// `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
@@ -118,14 +143,7 @@ pub struct Forwarded<'a> {
 /// Applies the forwarding rules to a request's headers on its way to a backend.
 pub fn prepare_request(headers: &mut HeaderMap, upgrade: bool, forwarded: &Forwarded<'_>) {
     remove_hop_by_hop(headers, upgrade);
-    let peer = forwarded.peer;
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(previous) => {
-            HeaderValue::from_bytes(&[previous.as_bytes(), b", ", peer.as_bytes()].concat()).unwrap_or(peer.clone())
-        }
-        None => peer.clone(),
-    };
-    headers.insert(&X_FORWARDED_FOR, xff);
+    append_forwarded_for(headers, forwarded.peer);
     if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.scheme));
     }

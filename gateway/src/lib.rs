@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod forward;
+pub mod forward_proxy;
 pub mod l4;
 pub mod local;
 pub mod logging;

@@ -245,7 +245,7 @@ async fn forward_to_backend<'s>(
         return Ok(response.map(|_| ResponseBody::empty()));
     }
     forward::remove_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, lease))))
+    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, Some(lease)))))
 }
 
 /// The host the client asked for: the Host header, or the authority of an HTTP/2 request.

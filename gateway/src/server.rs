@@ -29,6 +29,7 @@ use crate::admin;
 use crate::config::ListenerProtocol;
 use crate::config::{self, Config};
 use crate::control::{Control, WorkerCommand};
+use crate::forward_proxy;
 use crate::l4;
 use crate::local::LocalExec;
 use crate::logging;
@@ -230,9 +231,13 @@ async fn accept(
                         connection.serve_tls(stream, &tls, stopped).await;
                     }
                 }
+                Some(ListenerProtocol::Forward(_)) => {
+                    drop(snapshot);
+                    connection.serve(Stream::Plain(stream), None, Role::ForwardProxy, stopped).await;
+                }
                 Some(ListenerProtocol::Http) | None => {
                     drop(snapshot);
-                    connection.serve(Stream::Plain(stream), None, stopped).await;
+                    connection.serve(Stream::Plain(stream), None, Role::Gateway, stopped).await;
                 }
             }
             connections.open.set(connections.open.get() - 1);
@@ -241,6 +246,15 @@ async fn accept(
             }
         });
     }
+}
+
+/// What an HTTP connection's requests are served as.
+#[derive(Clone, Copy)]
+enum Role {
+    /// Routed to upstreams (`http`, `https` listeners).
+    Gateway,
+    /// Sent where they ask to go (`forward` listeners).
+    ForwardProxy,
 }
 
 /// An accepted client connection and what serving it needs.
@@ -269,16 +283,21 @@ impl Connection {
             }
         };
         let facts = TlsFacts::of(stream.get_ref().1);
-        self.serve(Stream::Tls(Box::new(stream.into())), Some(facts), stopped).await;
+        self.serve(Stream::Tls(Box::new(stream.into())), Some(facts), Role::Gateway, stopped).await;
     }
 
     /// Serves HTTP/1.1 or HTTP/2 on the connection until it closes or the worker drains.
-    async fn serve(self, stream: Stream, tls: Option<TlsFacts>, mut stopped: watch::Receiver<bool>) {
+    async fn serve(self, stream: Stream, tls: Option<TlsFacts>, role: Role, mut stopped: watch::Receiver<bool>) {
         let Connection { name, peer, worker, builder } = self;
         let downstream = Rc::new(Downstream::new(name, peer, tls));
         let service = service_fn(move |request| {
             let (worker, downstream) = (worker.clone(), downstream.clone());
-            async move { proxy::handle(&worker, &downstream, request).await }
+            async move {
+                match role {
+                    Role::Gateway => proxy::handle(&worker, &downstream, request).await,
+                    Role::ForwardProxy => forward_proxy::handle(&worker, &downstream, request).await,
+                }
+            }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(connection);

@@ -39,7 +39,7 @@ impl Snapshot {
             .iter()
             .map(|l| match &l.protocol {
                 ListenerProtocol::Https(tls) => ServerTls::build(&l.name, tls).map(|t| Some(Arc::new(t))),
-                ListenerProtocol::Http | ListenerProtocol::Tcp(_) => Ok(None),
+                ListenerProtocol::Http | ListenerProtocol::Tcp(_) | ListenerProtocol::Forward(_) => Ok(None),
             })
             .collect::<Result<_, _>>()?;
         let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect::<Result<_, _>>()?;

@@ -27,10 +27,19 @@ type Identity = (String, UpstreamProtocol, Option<UpstreamTls>);
 
 impl BackendKey {
     fn of(address: &str, config: &UpstreamConfig) -> BackendKey {
+        BackendKey::new((address.to_string(), config.protocol, config.tls.clone()))
+    }
+
+    /// The key of a forward proxy's target `host:port`, spoken to in HTTP/1.1 without TLS.
+    pub fn forward_target(address: &str) -> BackendKey {
+        BackendKey::new((address.to_string(), UpstreamProtocol::Http1, None))
+    }
+
+    fn new(identity: Identity) -> BackendKey {
         static KEYS: LazyLock<Mutex<HashMap<Identity, u32>>> = LazyLock::new(Default::default);
         let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
         let next = keys.len() as u32;
-        BackendKey(*keys.entry((address.to_string(), config.protocol, config.tls.clone())).or_insert(next))
+        BackendKey(*keys.entry(identity).or_insert(next))
     }
 }
 

@@ -8,6 +8,7 @@ mod drain;
 mod errors;
 mod example_plugins_a;
 mod example_plugins_b;
+mod forward_proxy;
 mod forwarding;
 mod plugins;
 mod protocols;

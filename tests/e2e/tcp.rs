@@ -117,7 +117,7 @@ async fn tcp_listener_settings_are_checked() {
     assert!(!ok && text.contains("upstream `nope` is not defined (defined: db)"), "{text}");
     let (ok, text) = check(&format!("{config}\n[[route]]\nname = \"r\"\nlistener = \"db\"\nupstream = \"db\"\n"));
     assert!(
-        !ok && text.contains("listener `db` is a tcp listener: routes apply to http and https listeners"),
+        !ok && text.contains("listener `db` is not an http or https listener: routes apply to those only"),
         "{text}"
     );
     let (ok, text) = check(&tcp_config(&[backend], "trusted_proxies = []\nplugins = []"));

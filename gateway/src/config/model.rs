@@ -38,7 +38,7 @@ impl Config {
     pub fn tls_files(&self) -> impl Iterator<Item = &std::path::Path> {
         let listeners = self.listeners.iter().filter_map(|l| match &l.protocol {
             ListenerProtocol::Https(tls) => Some(tls),
-            ListenerProtocol::Http | ListenerProtocol::Tcp(_) => None,
+            ListenerProtocol::Http | ListenerProtocol::Tcp(_) | ListenerProtocol::Forward(_) => None,
         });
         let served = listeners.flat_map(|tls| {
             let pairs = tls.certificates.iter().flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
@@ -95,7 +95,7 @@ pub struct ListenerConfig {
     pub name: String,
     /// `listen = "127.0.0.1:8080"`.
     pub listen: SocketAddr,
-    /// `protocol = "http" | "https" | "tcp"`, with the settings of that protocol.
+    /// `protocol = "http" | "https" | "tcp" | "forward"`, with the settings of that protocol.
     pub protocol: ListenerProtocol,
     /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<Cidr>,
@@ -110,6 +110,31 @@ pub enum ListenerProtocol {
     Https(ListenerTls),
     /// Bytes, relayed to a backend of an upstream.
     Tcp(TcpProxy),
+    /// A forward proxy: absolute-form requests and CONNECT tunnels, to wherever clients ask.
+    Forward(ForwardProxy),
+}
+
+/// A `forward` listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardProxy {
+    /// `plugins = ["blocklist"]`: on-request (and on-response) run on every proxied request, the
+    /// CONNECT request of a tunnel included (its target in Host). Indices into [`Config::plugins`].
+    pub plugins: Vec<usize>,
+    /// `connect_ports = [443]`: the ports CONNECT may open tunnels to; others get 403.
+    pub connect_ports: Vec<u16>,
+    /// `allow = ["127.0.0.0/8", "::1/128"]` (the default: loopback only): the clients served;
+    /// others get 403.
+    pub allow: Vec<Cidr>,
+    /// `anonymous = false`: when true, what identifies the client (`Forwarded`,
+    /// `X-Forwarded-For`, `Via`, `Proxy-Authorization` once plugins checked it) is removed, and
+    /// nothing is added.
+    pub anonymous: bool,
+    /// `connect_timeout_ms = 2000`: to the target.
+    pub connect_timeout: Duration,
+    /// `timeout_ms = 30000`: the wait for the target's response headers.
+    pub timeout: Duration,
+    /// `idle_timeout_ms = 300000`: a tunnel or body with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// A `tcp` listener's settings: every connection is relayed to a backend of `upstream`.

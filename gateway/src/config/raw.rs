@@ -71,9 +71,10 @@ pub struct RawListener {
     pub upstream: Option<Spanned<Text>>,
     pub connect_timeout_ms: Option<Spanned<u64>>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
-    pub plugins: Option<Spanned<Vec<Text>>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub plugins: Option<Spanned<Vec<Spanned<Text>>>>,
     pub connect_ports: Option<Spanned<Vec<u16>>>,
-    pub allow: Option<Spanned<Vec<Text>>>,
+    pub allow: Option<Spanned<Vec<Spanned<Text>>>>,
     pub anonymous: Option<Spanned<bool>>,
 }
 

@@ -34,8 +34,11 @@ impl Validator<'_> {
         let upstreams =
             raw.upstream.into_iter().map(|u| self.upstream(u, &plugin_names)).collect::<Result<Vec<_>>>()?;
         let upstream_names = self.unique_names("upstream", upstreams.iter().map(|(n, _)| n))?;
-        let listeners =
-            raw.listener.into_iter().map(|l| self.listener(l, &upstream_names)).collect::<Result<Vec<_>>>()?;
+        let listeners = raw
+            .listener
+            .into_iter()
+            .map(|l| self.listener(l, &upstream_names, &plugin_names))
+            .collect::<Result<Vec<_>>>()?;
         if listeners.is_empty() {
             return Err(ConfigError::whole_file(
                 self.file,
@@ -43,15 +46,15 @@ impl Validator<'_> {
             ));
         }
         let listener_names = self.unique_names("listener", listeners.iter().map(|(n, _)| n))?;
-        let tcp_listeners: HashSet<&str> = listeners
+        let other_listeners: HashSet<&str> = listeners
             .iter()
-            .filter(|(_, l)| matches!(l.protocol, ListenerProtocol::Tcp(_)))
+            .filter(|(_, l)| matches!(l.protocol, ListenerProtocol::Tcp(_) | ListenerProtocol::Forward(_)))
             .map(|(n, _)| n.get_ref().0.as_str())
             .collect();
         let routes = raw
             .route
             .into_iter()
-            .map(|r| self.route(r, &listener_names, &tcp_listeners, &upstream_names, &plugin_names))
+            .map(|r| self.route(r, &listener_names, &other_listeners, &upstream_names, &plugin_names))
             .collect::<Result<Vec<_>>>()?;
         let routes_named = routes.iter().map(|(n, _)| n);
         self.unique_names("route", routes_named)?;
@@ -133,39 +136,41 @@ impl Validator<'_> {
         &self,
         raw: Spanned<RawListener>,
         upstreams: &HashMap<&str, usize>,
+        plugins: &HashMap<&str, usize>,
     ) -> Result<(Spanned<Text>, ListenerConfig)> {
         let raw = raw.into_inner();
         let protocol = match raw.protocol.get_ref() {
             ListenerProtocolKey::Http => ListenerProtocol::Http,
             ListenerProtocolKey::Https => ListenerProtocol::Https(self.listener_tls(&raw)?),
             ListenerProtocolKey::Tcp => ListenerProtocol::Tcp(self.tcp_proxy(&raw, upstreams)?),
-            ListenerProtocolKey::Forward => {
-                return Err(self.err(
-                    raw.protocol.span(),
-                    "protocol `forward` is not available in this version of sluice yet; use \"http\", \"https\" or \"tcp\"",
-                ));
-            }
+            ListenerProtocolKey::Forward => ListenerProtocol::Forward(self.forward_proxy(&raw, plugins)?),
         };
-        let (https, tcp) =
-            (matches!(protocol, ListenerProtocol::Https(_)), matches!(protocol, ListenerProtocol::Tcp(_)));
+        let (https, tcp, forward) = match protocol {
+            ListenerProtocol::Http => (false, false, false),
+            ListenerProtocol::Https(_) => (true, false, false),
+            ListenerProtocol::Tcp(_) => (false, true, false),
+            ListenerProtocol::Forward(_) => (false, false, true),
+        };
         let span = |value: Option<Range<usize>>, applies: bool| value.filter(|_| !applies);
         let mode_keys = [
             ("tls", span(raw.tls.as_ref().map(Spanned::span), https)),
             ("client_ca", span(raw.client_ca.as_ref().map(Spanned::span), https)),
             ("handshake_timeout_ms", span(raw.handshake_timeout_ms.as_ref().map(Spanned::span), https)),
             ("upstream", span(raw.upstream.as_ref().map(Spanned::span), tcp)),
-            ("connect_timeout_ms", span(raw.connect_timeout_ms.as_ref().map(Spanned::span), tcp)),
-            ("idle_timeout_ms", span(raw.idle_timeout_ms.as_ref().map(Spanned::span), tcp)),
-            ("plugins", raw.plugins.as_ref().map(Spanned::span)),
-            ("connect_ports", raw.connect_ports.as_ref().map(Spanned::span)),
-            ("allow", raw.allow.as_ref().map(Spanned::span)),
-            ("anonymous", raw.anonymous.as_ref().map(Spanned::span)),
+            ("connect_timeout_ms", span(raw.connect_timeout_ms.as_ref().map(Spanned::span), tcp || forward)),
+            ("idle_timeout_ms", span(raw.idle_timeout_ms.as_ref().map(Spanned::span), tcp || forward)),
+            ("timeout_ms", span(raw.timeout_ms.as_ref().map(Spanned::span), forward)),
+            ("plugins", span(raw.plugins.as_ref().map(Spanned::span), forward)),
+            ("connect_ports", span(raw.connect_ports.as_ref().map(Spanned::span), forward)),
+            ("allow", span(raw.allow.as_ref().map(Spanned::span), forward)),
+            ("anonymous", span(raw.anonymous.as_ref().map(Spanned::span), forward)),
         ];
         if let Some((key, Some(span))) = mode_keys.into_iter().find(|(_, span)| span.is_some()) {
             let protocol = match protocol {
                 ListenerProtocol::Http => "an http",
                 ListenerProtocol::Https(_) => "an https",
                 ListenerProtocol::Tcp(_) => "a tcp",
+                ListenerProtocol::Forward(_) => "a forward",
             };
             return Err(self.err(span, format!("`{key}` does not apply to {protocol} listener; remove it")));
         }
@@ -213,6 +218,40 @@ impl Validator<'_> {
         Ok(TcpProxy {
             upstream: self.reference("upstream", upstream, upstreams)?,
             connect_timeout: self.duration(raw.connect_timeout_ms.clone(), 2_000)?,
+            idle_timeout: self.duration(raw.idle_timeout_ms.clone(), 300_000)?,
+        })
+    }
+
+    fn forward_proxy(&self, raw: &RawListener, plugins: &HashMap<&str, usize>) -> Result<ForwardProxy> {
+        let listed = raw.plugins.as_ref().map_or(&[][..], |p| p.get_ref());
+        if let Some(extra) = listed.get(crate::plugin::chain::MAX_PLUGINS_PER_ROUTE) {
+            return Err(self.err(
+                extra.span(),
+                format!("a listener may have at most {} plugins", crate::plugin::chain::MAX_PLUGINS_PER_ROUTE),
+            ));
+        }
+        let allow = match &raw.allow {
+            None => vec!["127.0.0.0/8".parse().expect("a CIDR"), "::1/128".parse().expect("a CIDR")],
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(|c| c.get_ref().0.parse::<Cidr>().map_err(|e| self.err(c.span(), e)))
+                .collect::<Result<_>>()?,
+        };
+        let connect_ports = match &raw.connect_ports {
+            None => vec![443],
+            Some(ports) if ports.get_ref().contains(&0) => {
+                return Err(self.err(ports.span(), "port 0 cannot be connected to"));
+            }
+            Some(ports) => ports.get_ref().clone(),
+        };
+        Ok(ForwardProxy {
+            plugins: listed.iter().map(|p| self.reference("plugin", p, plugins)).collect::<Result<_>>()?,
+            connect_ports,
+            allow,
+            anonymous: raw.anonymous.as_ref().is_some_and(|a| *a.get_ref()),
+            connect_timeout: self.duration(raw.connect_timeout_ms.clone(), 2_000)?,
+            timeout: self.duration(raw.timeout_ms.clone(), 30_000)?,
             idle_timeout: self.duration(raw.idle_timeout_ms.clone(), 300_000)?,
         })
     }
@@ -392,14 +431,14 @@ impl Validator<'_> {
         &self,
         raw: Spanned<RawRoute>,
         listeners: &HashMap<&str, usize>,
-        tcp_listeners: &HashSet<&str>,
+        other_listeners: &HashSet<&str>,
         upstreams: &HashMap<&str, usize>,
         plugins: &HashMap<&str, usize>,
     ) -> Result<(Spanned<Text>, RouteConfig)> {
         let raw = raw.into_inner();
         if let Some(listener) = &raw.listener {
             self.reference("listener", listener, listeners)?;
-            if tcp_listeners.contains(listener.get_ref().0.as_str()) {
+            if other_listeners.contains(listener.get_ref().0.as_str()) {
                 return Err(self.err(
                     listener.span(),
                     format!(

@@ -99,6 +99,12 @@ impl Balancer {
     }
 
     /// Counts a request as in flight on backend `index`, chosen by a plugin.
+    /// Requests in flight to every backend together.
+    pub fn total_in_flight(&self) -> usize {
+        self.in_flight.iter().map(|n| n.load(Relaxed)).sum()
+    }
+
+    /// Counts a request to backend `index` until the lease is dropped.
     pub fn lease(&self, index: usize) -> Lease {
         self.in_flight[index].fetch_add(1, Relaxed);
         Lease { in_flight: Arc::clone(&self.in_flight), index }

@@ -70,16 +70,21 @@ impl IdleDeadline {
     }
 }
 
-/// A client's request body on its way to a backend.
+/// A client's request body on its way to a backend; empty for a retried request that had none.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     idle: IdleDeadline,
 }
 
 impl RequestBody {
     /// Streams `inner`, failing it after `idle_timeout` without a frame.
     pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
-        RequestBody { inner, idle: IdleDeadline::new(idle_timeout) }
+        RequestBody { inner: Some(inner), idle: IdleDeadline::new(idle_timeout) }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        RequestBody { inner: None, idle: IdleDeadline::new(Duration::MAX) }
     }
 }
 
@@ -89,16 +94,19 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(inner).poll_frame(cx);
         this.idle.poll(cx, frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

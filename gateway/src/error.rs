@@ -24,6 +24,8 @@ pub enum ProxyError {
     Forbidden(&'static str),
     /// Every backend of the upstream is unhealthy or already tried (503).
     NoHealthyBackend { upstream: String },
+    /// The upstream has `max_requests` in flight already (503).
+    Overloaded { upstream: String },
     /// No connection could be made to the backend (502).
     Connect { backend: String, cause: String },
     /// The backend closed or reset the connection, or answered with garbage (502).
@@ -63,7 +65,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend { .. } | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,7 +76,9 @@ impl ProxyError {
     pub fn source(&self) -> Source {
         match self {
             ProxyError::BadRequest(_) | ProxyError::Forbidden(_) => Source::Downstream,
-            ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } => Source::Gateway,
+            ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } | ProxyError::Overloaded { .. } => {
+                Source::Gateway
+            }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => Source::Upstream,
             ProxyError::Plugin { .. } => Source::Plugin,
         }
@@ -91,6 +95,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no route matches this request",
             ProxyError::BadRequest(why) | ProxyError::Forbidden(why) => why,
             ProxyError::NoHealthyBackend { .. } => "no healthy backend is available",
+            ProxyError::Overloaded { .. } => "the upstream is at its limit of requests in flight",
             ProxyError::Connect { .. } => "the backend could not be reached",
             ProxyError::Upstream { .. } => "the backend closed the connection or answered invalidly",
             ProxyError::Timeout { phase: TimeoutPhase::Connect, .. } => {
@@ -125,6 +130,7 @@ impl fmt::Display for ProxyError {
             ProxyError::NoHealthyBackend { upstream } => {
                 write!(f, "upstream `{upstream}`: no healthy backend")
             }
+            ProxyError::Overloaded { upstream } => write!(f, "upstream `{upstream}`: max_requests in flight reached"),
             ProxyError::Connect { backend, cause } => {
                 write!(f, "backend {backend}: connect failed: {cause}")
             }

@@ -153,7 +153,8 @@ async fn send(
     };
     let (mut response, checkin) = tokio::time::timeout(config.timeout, worker.pool.send(&destination, request))
         .await
-        .map_err(|_| ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::ResponseHeaders })??;
+        .map_err(|_| ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::ResponseHeaders })?
+        .map_err(|failure| failure.error)?;
     forward::remove_hop_by_hop(response.headers_mut(), false);
     Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, config.idle_timeout, checkin, None))))
 }

@@ -48,6 +48,25 @@ pub struct Destination<'a> {
     pub tls: Option<&'a BackendTls>,
 }
 
+/// A request that failed: why, and the request itself when it was certainly not sent.
+pub struct Failure {
+    /// What went wrong.
+    pub error: ProxyError,
+    /// The request, when no byte of it reached the backend.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl Failure {
+    fn unsent(target: &Destination<'_>, cause: hyper::Error, request: Request<RequestBody>) -> Failure {
+        let error = ProxyError::Upstream { backend: target.name.to_string(), cause };
+        Failure { error, unsent: Some(request) }
+    }
+
+    fn sent(target: &Destination<'_>, cause: hyper::Error) -> Failure {
+        Failure { error: ProxyError::Upstream { backend: target.name.to_string(), cause }, unsent: None }
+    }
+}
+
 /// An idle HTTP/1.1 connection and when it went idle.
 type Idle = (http1::SendRequest<RequestBody>, Instant);
 
@@ -80,12 +99,13 @@ impl Checkin {
 
 impl Pool {
     /// Sends `request` to the target; for HTTP/1.1 also returns the [`Checkin`] that gives the
-    /// connection back once the response body is complete.
+    /// connection back once the response body is complete. A failure hands the request back when
+    /// it was certainly not sent, so it can be tried elsewhere.
     pub async fn send(
         self: &Rc<Self>,
         target: &Destination<'_>,
         request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Checkin>), Failure> {
         match target.protocol {
             UpstreamProtocol::Http1 => self.send_http1(target, request).await,
             UpstreamProtocol::Http2 => self.send_http2(target, request).await.map(|r| (r, None)),
@@ -96,8 +116,7 @@ impl Pool {
         self: &Rc<Self>,
         target: &Destination<'_>,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
-        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
+    ) -> Result<(Response<Incoming>, Option<Checkin>), Failure> {
         while let Some(mut sender) = self.take_idle(target.key) {
             if sender.ready().await.is_err() {
                 continue;
@@ -107,38 +126,51 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // The connection died before the request was written: try another.
                     Some(unsent) => request = unsent,
-                    None => return Err(upstream_error(e.into_error())),
+                    None => return Err(Failure::sent(target, e.into_error())),
                 },
             }
         }
-        let stream = connect(target).await?;
-        let (mut sender, connection) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(upstream_error)?;
+        let stream = match connect(target).await {
+            Ok(stream) => stream,
+            Err(error) => return Err(Failure { error, unsent: Some(request) }),
+        };
+        let (mut sender, connection) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+            Ok(handshake) => handshake,
+            Err(e) => return Err(Failure::unsent(target, e, request)),
+        };
         tokio::task::spawn_local(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        let response = sender.send_request(request).await.map_err(upstream_error)?;
-        Ok((response, Some(self.checkin(target.key, sender))))
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, Some(self.checkin(target.key, sender)))),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Err(Failure::unsent(target, e.into_error(), unsent)),
+                None => Err(Failure::sent(target, e.into_error())),
+            },
+        }
     }
 
     async fn send_http2(
         self: &Rc<Self>,
         target: &Destination<'_>,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let upstream_error = |cause| ProxyError::Upstream { backend: target.name.to_string(), cause };
+    ) -> Result<Response<Incoming>, Failure> {
         let existing = self.multiplexed.borrow().get(&target.key).filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let stream = connect(target).await?;
-                let (sender, connection) = http2::Builder::new(LocalExec)
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(upstream_error)?;
+                let stream = match connect(target).await {
+                    Ok(stream) => stream,
+                    Err(error) => return Err(Failure { error, unsent: Some(request) }),
+                };
+                let handshake =
+                    http2::Builder::new(LocalExec).timer(TokioTimer::new()).handshake(TokioIo::new(stream)).await;
+                let (sender, connection) = match handshake {
+                    Ok(handshake) => handshake,
+                    Err(e) => return Err(Failure::unsent(target, e, request)),
+                };
                 tokio::task::spawn_local(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
@@ -148,8 +180,16 @@ impl Pool {
                 sender
             }
         };
-        sender.ready().await.map_err(upstream_error)?;
-        sender.send_request(request).await.map_err(upstream_error)
+        if let Err(e) = sender.ready().await {
+            return Err(Failure::unsent(target, e, request));
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Err(Failure::unsent(target, e.into_error(), unsent)),
+                None => Err(Failure::sent(target, e.into_error())),
+            },
+        }
     }
 
     /// The most recently used idle connection that is still open and fresh.

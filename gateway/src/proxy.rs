@@ -20,6 +20,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -205,34 +206,67 @@ async fn forward_to_backend<'s>(
     let mut request = Request::from_parts(parts, RequestBody::new(body, route.idle_timeout));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
-    // Pick a backend.
-    let selecting = chain::Selecting {
-        method: request.method(),
-        headers: request.headers(),
-        target: &target,
-        client_ip,
-        tls: downstream.tls.as_ref(),
-        route: &route.name,
-        context,
+    // Pick a backend and call it; a backend that fails is left out of the next try. Idempotent
+    // requests without a body are kept to be sent again if the first backend drops them.
+    let replay = (route.retries > 0
+        && upstream.backends.len() > 1
+        && client_upgrade.is_none()
+        && request.method().is_idempotent()
+        && request.body().is_end_stream())
+    .then(|| Replay::of(&request));
+    if replay.is_some() {
+        upstream.retry_budget.deposit();
+    }
+    let mut failed: Vec<usize> = Vec::new();
+    let (mut response, checkin, lease) = loop {
+        if upstream.balancer.total_in_flight() >= upstream.config.max_requests {
+            return Err(ProxyError::Overloaded { upstream: upstream.config.name.clone() });
+        }
+        let selecting = chain::Selecting {
+            method: request.method(),
+            headers: request.headers(),
+            target: &target,
+            client_ip,
+            tls: downstream.tls.as_ref(),
+            route: &route.name,
+            context,
+        };
+        let lease = pick_backend(snapshot, upstream, &selecting, &failed)?;
+        let backend = &upstream.backends[lease.index()];
+        trace.backend = Some(&backend.config.address);
+        let addrs = backend.addrs();
+        let destination = Destination {
+            key: backend.key,
+            name: &backend.config.address,
+            addrs: &addrs,
+            protocol: upstream.config.protocol,
+            connect_timeout: route.connect_timeout,
+            tls: backend.tls.as_ref(),
+        };
+        let failure = match tokio::time::timeout(route.timeout, worker.pool.send(&destination, request)).await {
+            Ok(Ok((response, checkin))) => {
+                record(upstream, backend, response.status().as_u16() < 500);
+                break (response, checkin, lease);
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => {
+                let address = backend.config.address.clone();
+                return Err(ProxyError::Timeout { backend: address, phase: TimeoutPhase::ResponseHeaders });
+            }
+        };
+        record(upstream, backend, false);
+        let again = failure.unsent.or_else(|| replay.as_ref().map(Replay::request));
+        let others_left = (0..upstream.backends.len())
+            .any(|i| i != lease.index() && !failed.contains(&i) && upstream.backends[i].is_healthy());
+        match again {
+            Some(again) if failed.len() < route.retries as usize && others_left && upstream.retry_budget.withdraw() => {
+                tracing::info!(route = route.name, error = %failure.error, "retrying on another backend");
+                failed.push(lease.index());
+                request = again;
+            }
+            _ => return Err(failure.error),
+        }
     };
-    let lease = pick_backend(snapshot, upstream, &selecting)?;
-    let backend = &upstream.backends[lease.index()];
-    trace.backend = Some(&backend.config.address);
-
-    // Call it.
-    let addrs = backend.addrs();
-    let destination = Destination {
-        key: backend.key,
-        name: &backend.config.address,
-        addrs: &addrs,
-        protocol: upstream.config.protocol,
-        connect_timeout: route.connect_timeout,
-        tls: backend.tls.as_ref(),
-    };
-    let (mut response, checkin) =
-        tokio::time::timeout(route.timeout, worker.pool.send(&destination, request)).await.map_err(|_| {
-            ProxyError::Timeout { backend: backend.config.address.clone(), phase: TimeoutPhase::ResponseHeaders }
-        })??;
 
     // Answer.
     *response.version_mut() = client_version;
@@ -246,6 +280,47 @@ async fn forward_to_backend<'s>(
     }
     forward::remove_hop_by_hop(response.headers_mut(), false);
     Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, Some(lease)))))
+}
+
+/// Records how a request to `backend` went for passive outlier detection, logging an ejection.
+fn record(upstream: &Upstream, backend: &crate::upstream::Backend, ok: bool) {
+    if let Some(ejection) = backend.health.record(ok) {
+        tracing::warn!(
+            upstream = upstream.config.name,
+            backend = backend.config.address,
+            ejection_s = ejection.as_secs(),
+            "backend ejected after {} failed requests in a row",
+            crate::health::EJECT_AFTER
+        );
+    }
+}
+
+/// What it takes to send a request without a body again.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<RequestBody>) -> Replay {
+        Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        }
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::empty());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
 }
 
 /// The host the client asked for: the Host header, or the authority of an HTTP/2 request.
@@ -291,8 +366,13 @@ fn upstream_uri(
 }
 
 /// Picks a healthy backend: by the upstream's plugin when it has one, else by its policy.
-fn pick_backend(snapshot: &Snapshot, upstream: &Upstream, request: &chain::Selecting<'_>) -> Result<Lease, ProxyError> {
-    let healthy = |i: usize| upstream.backends[i].is_healthy();
+fn pick_backend(
+    snapshot: &Snapshot,
+    upstream: &Upstream,
+    request: &chain::Selecting<'_>,
+    failed: &[usize],
+) -> Result<Lease, ProxyError> {
+    let healthy = |i: usize| upstream.backends[i].is_healthy() && !failed.contains(&i);
     let hash = match &upstream.config.balance {
         BalancePolicy::ConsistentHash(HashKey::ClientIp) => match request.client_ip {
             IpAddr::V4(ip) => balance::hash_key(&ip.octets()),

@@ -140,6 +140,7 @@ mod tests {
             timeout: Duration::ZERO,
             connect_timeout: Duration::ZERO,
             idle_timeout: Duration::ZERO,
+            retries: 0,
         }
     }
 

@@ -49,11 +49,13 @@ impl Snapshot {
         Ok(Snapshot { generation, config, router, tls, upstreams, plugins, route_names })
     }
 
-    /// Starts the background work the snapshot needs (DNS re-resolution) on the current runtime;
+    /// Starts the background work the snapshot needs (DNS re-resolution, health checks) on the
+    /// current runtime;
     /// it stops by itself once the snapshot is dropped.
     pub fn spawn_background(&self) {
         for upstream in &self.upstreams {
             upstream.spawn_resolver();
+            upstream.spawn_health_checks();
         }
     }
 

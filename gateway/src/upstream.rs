@@ -7,13 +7,15 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls};
+use crate::health::{self, Health};
 use crate::metrics::METRICS;
 use crate::tls::BackendTls;
 
@@ -53,7 +55,8 @@ pub struct Backend {
     pub tls: Option<BackendTls>,
     /// The addresses its name resolves to now.
     addrs: Arc<ArcSwap<Vec<SocketAddr>>>,
-    healthy: AtomicBool,
+    /// Active checks' verdict and passive ejections.
+    pub health: Arc<Health>,
 }
 
 impl Backend {
@@ -64,7 +67,7 @@ impl Backend {
 
     /// Whether the balancer may pick this backend.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_healthy()
     }
 }
 
@@ -76,6 +79,38 @@ pub struct Upstream {
     pub backends: Vec<Backend>,
     /// Picks among `backends`.
     pub balancer: Balancer,
+    /// Bounds retries to this upstream.
+    pub retry_budget: RetryBudget,
+}
+
+/// Retries may add at most a fifth to an upstream's requests (after a burst of 10), so a failing
+/// upstream is not hit by every request several times over.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// In tenths of a retry.
+    tokens: AtomicU32,
+}
+
+impl RetryBudget {
+    const CAP: u32 = 100;
+    const PER_REQUEST: u32 = 2;
+    const PER_RETRY: u32 = 10;
+
+    fn new() -> RetryBudget {
+        RetryBudget { tokens: AtomicU32::new(Self::CAP) }
+    }
+
+    /// A request that may be retried was made.
+    pub fn deposit(&self) {
+        let _ = self
+            .tokens
+            .fetch_update(Relaxed, Relaxed, |t| (t < Self::CAP).then(|| (t + Self::PER_REQUEST).min(Self::CAP)));
+    }
+
+    /// Takes the cost of a retry; false when the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        self.tokens.fetch_update(Relaxed, Relaxed, |t| t.checked_sub(Self::PER_RETRY)).is_ok()
+    }
 }
 
 impl Upstream {
@@ -99,7 +134,7 @@ impl Upstream {
                     key: BackendKey::of(&b.address, &config),
                     tls,
                     addrs: Arc::new(ArcSwap::from_pointee(resolve_now(&config.name, b))),
-                    healthy: AtomicBool::new(true),
+                    health: Arc::default(),
                     config: b.clone(),
                 })
             })
@@ -110,7 +145,26 @@ impl Upstream {
         let weights: Vec<u32> = backends.iter().map(|b| b.config.weight).collect();
         let keys: Vec<&str> = backends.iter().map(|b| b.config.address.as_str()).collect();
         let balancer = Balancer::new(&config.balance, &weights, &keys);
-        Ok(Upstream { config, backends, balancer })
+        Ok(Upstream { config, backends, balancer, retry_budget: RetryBudget::new() })
+    }
+
+    /// Starts the upstream's active health checks, if it has them, on the current runtime; they
+    /// stop once the upstream is dropped.
+    pub fn spawn_health_checks(&self) {
+        let Some(check) = &self.config.health else { return };
+        let backends = self
+            .backends
+            .iter()
+            .map(|b| health::Checked {
+                address: b.config.address.clone(),
+                host: b.config.host.clone(),
+                key: b.key,
+                tls: b.tls.clone(),
+                addrs: Arc::downgrade(&b.addrs),
+                health: Arc::downgrade(&b.health),
+            })
+            .collect();
+        health::spawn(self.config.name.clone(), check.clone(), backends);
     }
 
     /// Re-resolves the backends named by DNS every `resolve_interval_ms`, on the current runtime,

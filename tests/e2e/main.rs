@@ -13,6 +13,7 @@ mod forwarding;
 mod plugins;
 mod protocols;
 mod reload;
+mod resilience;
 mod routing;
 mod streaming;
 mod tcp;

@@ -200,6 +200,36 @@ pub struct UpstreamConfig {
     pub resolve_interval: Duration,
     /// `tls = true` or a table: backends are spoken to over TLS.
     pub tls: Option<UpstreamTls>,
+    /// `health = { ... }`: active health checks; none by default (backends are then taken out
+    /// only by passive outlier detection).
+    pub health: Option<HealthCheck>,
+    /// `max_requests = 1024`: requests in flight to this upstream (all workers) past which new
+    /// ones get 503 at once instead of queueing behind a struggling upstream.
+    pub max_requests: usize,
+}
+
+/// Active health checking of an upstream's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub probe: HealthProbe,
+    /// `interval_ms = 2000`: between two checks of a backend.
+    pub interval: Duration,
+    /// `timeout_ms = 500`: a check that takes longer failed.
+    pub timeout: Duration,
+    /// `healthy_threshold = 2`: consecutive successes that bring a backend back.
+    pub healthy_threshold: u32,
+    /// `unhealthy_threshold = 3`: consecutive failures that take it out.
+    pub unhealthy_threshold: u32,
+}
+
+/// How a backend is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// `path = "/healthz"`: `GET path` must answer 2xx or 3xx.
+    Http(String),
+    /// `tcp = true`: a connection must be accepted.
+    Tcp,
 }
 
 /// One backend of an upstream.
@@ -311,6 +341,10 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// `connect_timeout_ms = 2000`: how long to wait for a backend connection.
     pub connect_timeout: Duration,
+    /// `retries = 2`: how many other backends a request may be tried on when one fails before
+    /// answering: any request the backend did not receive (connection refused or dropped before
+    /// it was sent), and idempotent requests without a body. Bounded by the upstream's retry budget.
+    pub retries: u32,
     /// `idle_timeout_ms = 60000`: how long a body may stream without a byte in either direction.
     pub idle_timeout: Duration,
 }

@@ -96,8 +96,21 @@ pub struct RawUpstream {
     pub hash_key: Option<Spanned<Text>>,
     pub protocol: Option<UpstreamProtocolKey>,
     pub resolve_interval_ms: Option<Spanned<u64>>,
-    pub health: Option<Spanned<toml::Value>>,
+    pub health: Option<Spanned<RawHealth>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub max_requests: Option<Spanned<u32>>,
+}
+
+/// An upstream's `health`: an HTTP probe (`path`) or a TCP connect (`tcp = true`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<Text>,
+    pub tcp: Option<bool>,
+    pub interval_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
 }
 
 /// An https listener's `tls`: one `{ cert, key }` table or an array of them.
@@ -221,4 +234,5 @@ pub struct RawRoute {
     pub timeout_ms: Option<Spanned<u64>>,
     pub connect_timeout_ms: Option<Spanned<u64>>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
+    pub retries: Option<u32>,
 }

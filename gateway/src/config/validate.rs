@@ -287,17 +287,38 @@ impl Validator<'_> {
         }))
     }
 
+    fn health(&self, raw: &Spanned<RawHealth>) -> Result<HealthCheck> {
+        let (health, span) = (raw.get_ref(), raw.span());
+        let probe = match (&health.path, health.tcp) {
+            (Some(path), None | Some(false)) if path.0.starts_with('/') => HealthProbe::Http(path.0.clone()),
+            (Some(path), None | Some(false)) => {
+                return Err(self.err(span, format!("health path `{}` must start with `/`", path.0)));
+            }
+            (None, Some(true)) => HealthProbe::Tcp,
+            _ => {
+                return Err(self.err(span, "health needs either `path = \"/healthz\"` (HTTP) or `tcp = true`"));
+            }
+        };
+        let threshold = |value: Option<u32>, default: u32, key: &str| match value {
+            Some(0) => Err(self.err(span.clone(), format!("health {key} must be at least 1"))),
+            value => Ok(value.unwrap_or(default)),
+        };
+        Ok(HealthCheck {
+            probe,
+            interval: self.duration(health.interval_ms.clone(), 2_000)?,
+            timeout: self.duration(health.timeout_ms.clone(), 500)?,
+            healthy_threshold: threshold(health.healthy_threshold, 2, "healthy_threshold")?,
+            unhealthy_threshold: threshold(health.unhealthy_threshold, 3, "unhealthy_threshold")?,
+        })
+    }
+
     fn upstream(
         &self,
         raw: Spanned<RawUpstream>,
         plugins: &HashMap<&str, usize>,
     ) -> Result<(Spanned<Text>, UpstreamConfig)> {
         let raw = raw.into_inner();
-        if let Some(health) = &raw.health {
-            return Err(
-                self.err(health.span(), "upstream `health` is not available in this version of sluice yet; remove it")
-            );
-        }
+        let health = raw.health.as_ref().map(|h| self.health(h)).transpose()?;
         if raw.backends.get_ref().is_empty() {
             return Err(self.err(raw.backends.span(), "an upstream needs at least one backend"));
         }
@@ -327,6 +348,12 @@ impl Validator<'_> {
             },
             resolve_interval: self.duration(raw.resolve_interval_ms, 30_000)?,
             tls: self.upstream_tls(raw.tls.as_ref())?,
+            health,
+            max_requests: match &raw.max_requests {
+                Some(m) if *m.get_ref() == 0 => return Err(self.err(m.span(), "max_requests must be at least 1")),
+                Some(m) => *m.get_ref() as usize,
+                None => 1024,
+            },
         };
         Ok((raw.name, upstream))
     }
@@ -490,6 +517,7 @@ impl Validator<'_> {
             timeout: self.duration(raw.timeout_ms, 30_000)?,
             connect_timeout: self.duration(raw.connect_timeout_ms, 2_000)?,
             idle_timeout: self.duration(raw.idle_timeout_ms, 60_000)?,
+            retries: raw.retries.unwrap_or(2),
         };
         Ok((raw.name, route))
     }
@@ -628,5 +656,44 @@ mod tests {
         }
         let skip = crate::config::parse(file, &text(http, "tls = { danger_skip_verify = true }")).expect("valid");
         assert!(skip.upstreams[0].tls.as_ref().is_some_and(|t| !t.verify && t.ca.is_none()));
+    }
+
+    #[test]
+    fn health_checks_retries_and_limits_have_defaults_and_checked_values() {
+        use crate::config::{HealthCheck, HealthProbe};
+        use std::time::Duration;
+        let text = |upstream: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n\
+                 [[upstream]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n{upstream}\n\n\
+                 [[route]]\nname = \"r\"\nupstream = \"u\"\n"
+            )
+        };
+        let file = Path::new("sluice.toml");
+        let config = crate::config::parse(file, &text("health = { path = \"/healthz\" }")).expect("valid");
+        let expected = HealthCheck {
+            probe: HealthProbe::Http("/healthz".into()),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        };
+        assert_eq!(config.upstreams[0].health, Some(expected));
+        assert_eq!((config.upstreams[0].max_requests, config.routes[0].retries), (1024, 2));
+        let tcp = crate::config::parse(file, &text("health = { tcp = true, interval_ms = 100 }")).expect("valid");
+        assert_eq!(
+            tcp.upstreams[0].health.as_ref().map(|h| (&h.probe, h.interval)),
+            Some((&HealthProbe::Tcp, Duration::from_millis(100)))
+        );
+        for (upstream, expected) in [
+            ("health = { path = \"healthz\" }", "health path `healthz` must start with `/`"),
+            ("health = { interval_ms = 100 }", "health needs either `path = \"/healthz\"` (HTTP) or `tcp = true`"),
+            ("health = { tcp = true, unhealthy_threshold = 0 }", "health unhealthy_threshold must be at least 1"),
+            ("health = { tcp = true, every = 1 }", "unknown field `every`"),
+            ("max_requests = 0", "max_requests must be at least 1"),
+        ] {
+            let error = crate::config::parse(file, &text(upstream)).expect_err(expected).to_string();
+            assert!(error.contains(expected), "expected {expected:?} in: {error}");
+        }
     }
 }

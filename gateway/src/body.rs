@@ -35,6 +35,18 @@ impl std::fmt::Display for IdleTimeout {
 
 impl StdError for IdleTimeout {}
 
+/// A request body that streamed past the route's `max_body_bytes`.
+#[derive(Debug)]
+pub struct TooLarge(u64);
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body over {} bytes (max_body_bytes)", self.0)
+    }
+}
+
+impl StdError for TooLarge {}
+
 /// Fails a body that stalls. The timer is created only when a body actually waits, so small
 /// bodies that arrive in one frame never allocate one.
 struct IdleDeadline {
@@ -74,17 +86,19 @@ impl IdleDeadline {
 pub struct RequestBody {
     inner: Option<Incoming>,
     idle: IdleDeadline,
+    /// `max_body_bytes`, and the bytes still allowed.
+    limit: Option<(u64, u64)>,
 }
 
 impl RequestBody {
-    /// Streams `inner`, failing it after `idle_timeout` without a frame.
-    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
-        RequestBody { inner: Some(inner), idle: IdleDeadline::new(idle_timeout) }
+    /// Streams `inner`, failing it after `idle_timeout` without a frame, or past `max_bytes`.
+    pub fn new(inner: Incoming, idle_timeout: Duration, max_bytes: Option<u64>) -> Self {
+        RequestBody { inner: Some(inner), idle: IdleDeadline::new(idle_timeout), limit: max_bytes.map(|m| (m, m)) }
     }
 
     /// No body.
     pub fn empty() -> Self {
-        RequestBody { inner: None, idle: IdleDeadline::new(Duration::MAX) }
+        RequestBody { inner: None, idle: IdleDeadline::new(Duration::MAX), limit: None }
     }
 }
 
@@ -97,8 +111,16 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = Pin::new(inner).poll_frame(cx);
-        this.idle.poll(cx, frame)
+        let polled = Pin::new(inner).poll_frame(cx);
+        let frame = ready!(this.idle.poll(cx, polled));
+        if let (Some(Ok(frame)), Some((max, left))) = (&frame, &mut this.limit) {
+            let size = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(size) {
+                Some(rest) => *left = rest,
+                None => return Poll::Ready(Some(Err(TooLarge(*max).into()))),
+            }
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

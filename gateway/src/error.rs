@@ -19,6 +19,8 @@ pub enum ProxyError {
     NoRoute,
     /// The request cannot be routed or forwarded as it is (400).
     BadRequest(&'static str),
+    /// The request body is larger than the route's `max_body_bytes` (413).
+    BodyTooLarge,
     /// The forward proxy's policy refuses the request: a client outside `allow`, a CONNECT port
     /// not in `connect_ports` (403).
     Forbidden(&'static str),
@@ -65,6 +67,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoHealthyBackend { .. } | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -75,7 +78,7 @@ impl ProxyError {
     /// Where the failure came from.
     pub fn source(&self) -> Source {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::Forbidden(_) => Source::Downstream,
+            ProxyError::BadRequest(_) | ProxyError::Forbidden(_) | ProxyError::BodyTooLarge => Source::Downstream,
             ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } | ProxyError::Overloaded { .. } => {
                 Source::Gateway
             }
@@ -94,6 +97,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no route matches this request",
             ProxyError::BadRequest(why) | ProxyError::Forbidden(why) => why,
+            ProxyError::BodyTooLarge => "the request body is larger than this route accepts",
             ProxyError::NoHealthyBackend { .. } => "no healthy backend is available",
             ProxyError::Overloaded { .. } => "the upstream is at its limit of requests in flight",
             ProxyError::Connect { .. } => "the backend could not be reached",
@@ -127,6 +131,7 @@ impl fmt::Display for ProxyError {
             ProxyError::NoRoute => write!(f, "no route matches"),
             ProxyError::BadRequest(why) => write!(f, "bad request: {why}"),
             ProxyError::Forbidden(why) => write!(f, "forbidden: {why}"),
+            ProxyError::BodyTooLarge => write!(f, "request body over the route's max_body_bytes"),
             ProxyError::NoHealthyBackend { upstream } => {
                 write!(f, "upstream `{upstream}`: no healthy backend")
             }

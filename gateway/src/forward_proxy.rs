@@ -103,7 +103,7 @@ async fn proxy(
                     forward::identify_client(&mut parts.headers, &downstream.peer_text, config.anonymous);
                     parts.uri = origin_form(&target)?;
                     parts.version = Version::HTTP_11;
-                    let request = Request::from_parts(parts, RequestBody::new(body, config.idle_timeout));
+                    let request = Request::from_parts(parts, RequestBody::new(body, config.idle_timeout, None));
                     send(worker, config, &address, request).await
                 }
             };

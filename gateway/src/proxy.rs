@@ -129,6 +129,11 @@ async fn proxy<'s>(
         .ok_or(ProxyError::NoRoute)?;
     let route = snapshot.route(route_index);
     trace.route = Some(&snapshot.route_names[route_index]);
+    if let Some(max) = route.max_body_bytes
+        && request.body().size_hint().lower() > max
+    {
+        return Err(ProxyError::BodyTooLarge);
+    }
     let trusted = snapshot.listener(&downstream.listener).map_or(&[][..], |l| &l.trusted_proxies[..]);
     let client_ip = forward::client_ip(downstream.peer.ip(), request.headers(), trusted);
     trace.client = Some(client_ip);
@@ -203,7 +208,7 @@ async fn forward_to_backend<'s>(
             parts.headers.remove(header::HOST);
         }
     }
-    let mut request = Request::from_parts(parts, RequestBody::new(body, route.idle_timeout));
+    let mut request = Request::from_parts(parts, RequestBody::new(body, route.idle_timeout, route.max_body_bytes));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
     // Pick a backend and call it; a backend that fails is left out of the next try. Idempotent

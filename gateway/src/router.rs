@@ -141,6 +141,7 @@ mod tests {
             connect_timeout: Duration::ZERO,
             idle_timeout: Duration::ZERO,
             retries: 0,
+            max_body_bytes: None,
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::admin;
 use crate::config::ListenerProtocol;
-use crate::config::{self, Config};
+use crate::config::{self, ClientLimits, Config};
 use crate::control::{Control, WorkerCommand};
 use crate::forward_proxy;
 use crate::l4;
@@ -137,10 +137,7 @@ fn worker(
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker { snapshots, pool: Rc::new(Pool::default()) });
         let connections = Rc::new(Connections::default());
-        let mut builder = auto::Builder::new(LocalExec);
-        builder.http1().timer(TokioTimer::new());
-        builder.http2().timer(TokioTimer::new());
-        let builder = Rc::new(builder);
+        let builder = Rc::new(http_builder(&worker.snapshots.load().config.server.limits));
         let mut accepting: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut stop = stopped.clone();
         loop {
@@ -191,6 +188,36 @@ fn worker(
     });
 }
 
+/// The HTTP server settings every connection of a worker uses. hyper answers 431 to a request
+/// head over the byte or field limit, and closes a connection whose next request head does not
+/// arrive within the header read timeout; h2 resets streams past the concurrency limit and closes
+/// connections that reset streams too fast (the 2023 rapid-reset attack).
+fn http_builder(limits: &ClientLimits) -> auto::Builder<LocalExec> {
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024));
+    builder
+}
+
+/// Open client connections per listener name, across workers, for `max_connections`.
+fn open_connections(listener: &str) -> Arc<AtomicUsize> {
+    static OPEN: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<AtomicUsize>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    open.entry(listener.to_string()).or_default().clone()
+}
+
 /// Accepts connections on one listener until the worker is told to stop.
 async fn accept(
     name: String,
@@ -200,6 +227,7 @@ async fn accept(
     connections: Rc<Connections>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let open = open_connections(&name);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -213,10 +241,16 @@ async fn accept(
             },
             _ = stopped.wait_for(|stop| *stop) => return,
         };
+        let limit = worker.snapshots.load().listener(&name).map_or(usize::MAX, |l| l.max_connections);
+        if open.fetch_add(1, Ordering::Relaxed) >= limit {
+            open.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(listener = name, client = %peer, limit, "max_connections reached: connection closed");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         connections.open.set(connections.open.get() + 1);
         let connection = Connection { name: name.clone(), peer, worker: worker.clone(), builder: builder.clone() };
-        let (connections, stopped) = (connections.clone(), stopped.clone());
+        let (connections, stopped, open) = (connections.clone(), stopped.clone(), open.clone());
         tokio::task::spawn_local(async move {
             // The listener's protocol as the current snapshot has it: a reload may change it.
             let snapshot = connection.worker.snapshots.load_full();
@@ -240,6 +274,7 @@ async fn accept(
                     connection.serve(Stream::Plain(stream), None, Role::Gateway, stopped).await;
                 }
             }
+            open.fetch_sub(1, Ordering::Relaxed);
             connections.open.set(connections.open.get() - 1);
             if connections.open.get() == 0 {
                 connections.all_closed.notify_waiters();

@@ -52,8 +52,8 @@ fn errors_name_the_file_line_and_key() {
         ("\"127.0.0.1:9001\"", "\"127.0.0.1\"", ":9:13: backend `127.0.0.1` is not HOST:PORT"),
         (
             "protocol = \"http\"",
-            "protocol = \"tcp\"",
-            ":5:12: protocol `tcp` is not available in this version of sluice yet",
+            "protocol = \"udp\"",
+            ":5:12: unknown variant `udp`, expected one of `http`, `https`, `forward`, `tcp`",
         ),
         ("path_prefix = \"/api\"", "path_prefix = \"api\"", ":14:15: path_prefix must start with `/`"),
         (

@@ -10,6 +10,7 @@ mod example_plugins_a;
 mod example_plugins_b;
 mod forward_proxy;
 mod forwarding;
+mod limits;
 mod plugins;
 mod protocols;
 mod reload;

@@ -86,6 +86,23 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// `watch = true`: reload when the config file or a plugin file changes (read at start).
     pub watch: bool,
+    /// Limits on what clients send, read at start.
+    pub limits: ClientLimits,
+}
+
+/// `[server]` limits on client requests, against clients that are slow, large or hostile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// `header_read_timeout_ms = 10000`: an HTTP/1 client must send a whole request head within
+    /// this time of the connection going idle (new, or after a response): slowloris clients and
+    /// idle keep-alive connections are closed after it.
+    pub header_read_timeout: Duration,
+    /// `max_header_bytes = 65536`: a larger request head gets 431 (HTTP/2: the header list).
+    pub max_header_bytes: usize,
+    /// `max_headers = 100`: more request header fields get 431.
+    pub max_headers: usize,
+    /// `http2_max_concurrent_streams = 100`: per HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// `[[listener]]`.
@@ -99,6 +116,8 @@ pub struct ListenerConfig {
     pub protocol: ListenerProtocol,
     /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<Cidr>,
+    /// `max_connections = 10000`: open client connections (all workers); more are closed at once.
+    pub max_connections: usize,
 }
 
 /// What a listener speaks.
@@ -345,6 +364,9 @@ pub struct RouteConfig {
     /// answering: any request the backend did not receive (connection refused or dropped before
     /// it was sent), and idempotent requests without a body. Bounded by the upstream's retry budget.
     pub retries: u32,
+    /// `max_body_bytes`: a request body announced larger gets 413, and one that streams past it is
+    /// cut off; no limit by default.
+    pub max_body_bytes: Option<u64>,
     /// `idle_timeout_ms = 60000`: how long a body may stream without a byte in either direction.
     pub idle_timeout: Duration,
 }

@@ -54,6 +54,10 @@ pub enum LogFormatKey {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub drain_timeout_ms: Option<Spanned<u64>>,
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_headers: Option<Spanned<u64>>,
+    pub http2_max_concurrent_streams: Option<Spanned<u64>>,
     pub watch: Option<bool>,
 }
 
@@ -76,6 +80,7 @@ pub struct RawListener {
     pub connect_ports: Option<Spanned<Vec<u16>>>,
     pub allow: Option<Spanned<Vec<Spanned<Text>>>>,
     pub anonymous: Option<Spanned<bool>>,
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -235,4 +240,5 @@ pub struct RawRoute {
     pub connect_timeout_ms: Option<Spanned<u64>>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
     pub retries: Option<u32>,
+    pub max_body_bytes: Option<Spanned<u64>>,
 }

@@ -71,6 +71,17 @@ impl Validator<'_> {
             server: ServerConfig {
                 drain_timeout: self.duration(raw.server.drain_timeout_ms, 30_000)?,
                 watch: raw.server.watch.unwrap_or(true),
+                limits: ClientLimits {
+                    header_read_timeout: self.duration(raw.server.header_read_timeout_ms, 10_000)?,
+                    max_header_bytes: self.count(raw.server.max_header_bytes, 65_536, 8_192, "max_header_bytes")?,
+                    max_headers: self.count(raw.server.max_headers, 100, 1, "max_headers")?,
+                    http2_max_concurrent_streams: self.count(
+                        raw.server.http2_max_concurrent_streams,
+                        100,
+                        1,
+                        "http2_max_concurrent_streams",
+                    )?,
+                },
             },
             listeners: listeners.into_iter().map(|(_, l)| l).collect(),
             upstreams: upstreams.into_iter().map(|(_, u)| u).collect(),
@@ -113,6 +124,16 @@ impl Validator<'_> {
             Some(v) if *v.get_ref() == 0 => Err(self.err(v.span(), "must be at least 1 (milliseconds)")),
             Some(v) => Ok(Duration::from_millis(*v.get_ref())),
         }
+    }
+
+    /// A positive count with a floor, e.g. `max_headers = 100`.
+    fn count<T: TryFrom<u64>>(&self, value: Option<Spanned<u64>>, default: T, min: u64, key: &str) -> Result<T> {
+        let Some(value) = value else { return Ok(default) };
+        let number = *value.get_ref();
+        if number < min {
+            return Err(self.err(value.span(), format!("{key} must be at least {min}")));
+        }
+        T::try_from(number).map_err(|_| self.err(value.span(), format!("{key} is too large")))
     }
 
     fn socket_addr(&self, value: &Spanned<Text>) -> Result<SocketAddr> {
@@ -184,6 +205,7 @@ impl Validator<'_> {
             listen: self.socket_addr(&raw.listen)?,
             protocol,
             trusted_proxies,
+            max_connections: self.count(raw.max_connections.clone(), 10_000, 1, "max_connections")?,
         };
         Ok((raw.name, listener))
     }
@@ -518,6 +540,7 @@ impl Validator<'_> {
             connect_timeout: self.duration(raw.connect_timeout_ms, 2_000)?,
             idle_timeout: self.duration(raw.idle_timeout_ms, 60_000)?,
             retries: raw.retries.unwrap_or(2),
+            max_body_bytes: raw.max_body_bytes.map(|m| *m.get_ref()),
         };
         Ok((raw.name, route))
     }

@@ -1,0 +1,110 @@
+//! Limits against large, slow and numerous clients: 431 for oversized request heads, 413 for
+//! bodies over a route's limit, slowloris connections cut at the header read timeout while other
+//! clients are served, and `max_connections`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Writes `request` on a new connection and reads until the gateway closes it (or 5 s).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_bodies_over_the_route_limit_413() {
+    let backend = Backend::named("b").await;
+    let config = format!(
+        "{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\nmax_body_bytes = 1000\n",
+        upstream("u", &[&backend])
+    );
+    let gateway = Gateway::start(&config);
+
+    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(120_000));
+    let reply = raw(gateway.addr(), big.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431 Request Header Fields Too Large"), "{reply:.200}");
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let reply = raw(gateway.addr(), format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+
+    let post = |length: usize| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{}",
+            "x".repeat(length)
+        )
+    };
+    let reply = raw(gateway.addr(), post(2000).as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413 Payload Too Large"), "{reply}");
+    assert!(reply.ends_with("{\"error\":\"the request body is larger than this route accepts\"}"), "{reply}");
+    assert!(backend.seen().is_empty(), "nothing reached the backend");
+    let reply = raw(gateway.addr(), post(1000).as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK") && reply.ends_with("\r\n\r\nb"), "{reply}");
+}
+
+#[tokio::test]
+async fn slowloris_clients_are_cut_at_the_header_timeout_while_others_are_served() {
+    let backend = Backend::named("b").await;
+    let config = format!(
+        "[server]\nheader_read_timeout_ms = 1000\n\n{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream("u", &[&backend])
+    );
+    let gateway = Gateway::start(&config);
+
+    // 300 clients that start a request and never finish its head.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+        slow.push(stream);
+    }
+    for _ in 0..5 {
+        let reply = get(gateway.addr(), "a", "/").await;
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "b"));
+    }
+    // Each slow client is disconnected once the header read timeout passes.
+    for stream in &mut slow {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "a slowloris connection is still open");
+    }
+    let reply = get(gateway.addr(), "a", "/").await;
+    assert_eq!(reply.status.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_at_once() {
+    let backend = Backend::named("b").await;
+    let listener = LISTENER.replace("protocol = \"http\"\n", "protocol = \"http\"\nmax_connections = 2\n");
+    let config = format!("{listener}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n", upstream("u", &[&backend]));
+    let gateway = Gateway::start(&config);
+
+    let mut first = Client::connect(gateway.addr()).await;
+    let mut second = Client::connect(gateway.addr()).await;
+    assert_eq!(first.get("a", "/").await.status.as_u16(), 200);
+    assert_eq!(second.get("a", "/").await.status.as_u16(), 200);
+    let reply = raw(gateway.addr(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(reply, "", "a third connection is closed without an answer");
+    assert_eq!(first.get("a", "/").await.status.as_u16(), 200, "the first two are unaffected");
+
+    drop(first);
+    let mut answered = false;
+    for _ in 0..100 {
+        if raw(gateway.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "a connection is accepted again once one closed");
+}

@@ -253,7 +253,11 @@ async fn forward_to_backend<'s>(
                 record(upstream, backend, response.status().as_u16() < 500);
                 break (response, checkin, lease);
             }
-            Ok(Err(failure)) => failure,
+            Ok(Err(failure)) => match client_body_error(&failure.error) {
+                // The client's own body failed: not the backend's fault, and not retriable.
+                Some(error) => return Err(error),
+                None => failure,
+            },
             Err(_) => {
                 let address = backend.config.address.clone();
                 return Err(ProxyError::Timeout { backend: address, phase: TimeoutPhase::ResponseHeaders });
@@ -298,6 +302,23 @@ fn record(upstream: &Upstream, backend: &crate::upstream::Backend, ok: bool) {
             crate::health::EJECT_AFTER
         );
     }
+}
+
+/// The error to answer when a send failed because the client's request body did (malformed
+/// chunks, past `max_body_bytes`, stalled), not the backend.
+fn client_body_error(error: &ProxyError) -> Option<ProxyError> {
+    let ProxyError::Upstream { cause, .. } = error else { return None };
+    if !cause.is_user() {
+        return None;
+    }
+    let mut source = std::error::Error::source(cause);
+    while let Some(error) = source {
+        if error.is::<crate::body::TooLarge>() {
+            return Some(ProxyError::BodyTooLarge);
+        }
+        source = error.source();
+    }
+    Some(ProxyError::BadRequest("the request body could not be read"))
 }
 
 /// What it takes to send a request without a body again.

@@ -16,6 +16,7 @@ mod protocols;
 mod reload;
 mod resilience;
 mod routing;
+mod smuggling;
 mod streaming;
 mod tcp;
 mod tls;

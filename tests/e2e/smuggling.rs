@@ -1,0 +1,69 @@
+//! Malformed and ambiguous requests on raw sockets: the framing attacks behind request smuggling
+//! get 400 and a closed connection, and never reach the backend; a request with both
+//! Content-Length and Transfer-Encoding reaches it as chunked only, on a connection that is then
+//! closed, so no second request can hide in its body.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Writes `request` and reads until the gateway closes the connection; panics if it stays open.
+async fn until_closed(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn framing_attacks_get_400_and_a_closed_connection_and_never_reach_the_backend() {
+    let backend = Backend::named("b").await;
+    let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n", upstream("u", &[&backend]));
+    let gateway = Gateway::start(&config);
+    // Each case ends with a second, smuggled request: it must never be answered or forwarded.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "duplicate Content-Length",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        ),
+        (
+            "invalid chunk size",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n0\r\n\r\n",
+        ),
+        ("Transfer-Encoding not chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabcd"),
+        ("chunked not last", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+        ("obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n"),
+        ("whitespace before the colon", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 4\r\n\r\nabcd"),
+        ("bare CR", "GET / HTTP/1.1\r\nHost: a\rX-A: b\r\n\r\n"),
+    ];
+    for (name, request) in cases {
+        let reply = until_closed(gateway.addr(), format!("{request}{smuggled}").as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{name}: {reply}");
+        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{name}: one answer, then the connection closes: {reply}");
+    }
+    assert!(backend.seen().is_empty(), "forwarded: {:?}", backend.seen());
+
+    // Content-Length and Transfer-Encoding together: chunked wins, Content-Length is dropped, and
+    // the connection closes after the answer, taking the smuggled request with it.
+    for order in
+        ["Content-Length: 40\r\nTransfer-Encoding: chunked", "Transfer-Encoding: chunked\r\nContent-Length: 40"]
+    {
+        let request = format!("POST / HTTP/1.1\r\nHost: a\r\n{order}\r\n\r\n4\r\nabcd\r\n0\r\n\r\n{smuggled}");
+        let reply = until_closed(gateway.addr(), request.as_bytes()).await;
+        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nb"), "{reply}");
+        let seen = backend.last();
+        assert_eq!(seen.uri, "/");
+        assert!(!seen.headers.contains_key("content-length"), "{:?}", seen.headers);
+    }
+    assert!(backend.seen().iter().all(|s| s.uri != "/smuggled"));
+}

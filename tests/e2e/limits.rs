@@ -75,8 +75,13 @@ async fn slowloris_clients_are_cut_at_the_header_timeout_while_others_are_served
         let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "a slowloris connection is still open");
     }
-    let reply = get(gateway.addr(), "a", "/").await;
-    assert_eq!(reply.status.as_u16(), 200);
+    // An idle keep-alive connection is closed after the same timeout.
+    let mut idle = TcpStream::connect(gateway.addr()).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the idle keep-alive connection is closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"));
 }
 
 #[tokio::test]

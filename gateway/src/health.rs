@@ -61,7 +61,9 @@ impl Default for Health {
 impl Health {
     /// Whether the balancer may pick the backend.
     pub fn is_healthy(&self) -> bool {
-        self.up.load(Relaxed) && now_ms() >= self.ejected_until.load(Relaxed)
+        // Never ejected (the usual case): no clock read.
+        let until = self.ejected_until.load(Relaxed);
+        self.up.load(Relaxed) && (until == 0 || now_ms() >= until)
     }
 
     /// Records how a request to the backend went; returns the ejection this failure started.
@@ -72,6 +74,7 @@ impl Health {
             }
             if self.ejections.load(Relaxed) != 0 && self.is_healthy() {
                 self.ejections.store(0, Relaxed);
+                self.ejected_until.store(0, Relaxed);
             }
             return None;
         }

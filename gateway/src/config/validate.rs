@@ -491,7 +491,7 @@ impl Validator<'_> {
                 return Err(self.err(
                     listener.span(),
                     format!(
-                        "listener `{}` is a tcp listener: routes apply to http and https listeners",
+                        "listener `{}` is not an http or https listener: routes apply to those only",
                         listener.get_ref().0
                     ),
                 ));

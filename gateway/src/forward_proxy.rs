@@ -135,6 +135,18 @@ async fn resolve(config: &ForwardProxy, address: &str) -> Result<Vec<SocketAddr>
     }
 }
 
+/// A proxy target as the connection pool sees it: HTTP/1.1, no TLS.
+fn destination<'a>(config: &ForwardProxy, address: &'a str, addrs: &'a [SocketAddr]) -> Destination<'a> {
+    Destination {
+        key: BackendKey::forward_target(address),
+        name: address,
+        addrs,
+        protocol: UpstreamProtocol::Http1,
+        connect_timeout: config.connect_timeout,
+        tls: None,
+    }
+}
+
 /// Sends an absolute-form request on to its target over a pooled connection.
 async fn send(
     worker: &Worker,
@@ -143,14 +155,7 @@ async fn send(
     request: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let addrs = resolve(config, address).await?;
-    let destination = Destination {
-        key: BackendKey::forward_target(address),
-        name: address,
-        addrs: &addrs,
-        protocol: UpstreamProtocol::Http1,
-        connect_timeout: config.connect_timeout,
-        tls: None,
-    };
+    let destination = destination(config, address, &addrs);
     let (mut response, checkin) = tokio::time::timeout(config.timeout, worker.pool.send(&destination, request))
         .await
         .map_err(|_| ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::ResponseHeaders })?
@@ -167,14 +172,7 @@ async fn tunnel(
     upgrade: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let addrs = resolve(config, address).await?;
-    let destination = Destination {
-        key: BackendKey::forward_target(address),
-        name: address,
-        addrs: &addrs,
-        protocol: UpstreamProtocol::Http1,
-        connect_timeout: config.connect_timeout,
-        tls: None,
-    };
+    let destination = destination(config, address, &addrs);
     let target = pool::connect(&destination).await?;
     let idle = config.idle_timeout;
     tokio::task::spawn_local(async move {

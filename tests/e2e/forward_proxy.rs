@@ -9,15 +9,10 @@ use crate::support::*;
 /// stdout, stderr).
 async fn curl_via(proxy: SocketAddr, args: &[&str], url: &str) -> (i32, String, String) {
     let proxy = format!("http://{proxy}");
-    let output = tokio::process::Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "10", "--write-out", "%{http_code}\n", "--proxy", &proxy])
-        .args(args)
-        .arg(url)
-        .output()
-        .await
-        .expect("curl is installed (scripts/test installs it)");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+    let mut all = vec!["--write-out", "%{http_code}\n", "--proxy", &proxy];
+    all.extend_from_slice(args);
+    all.push(url);
+    curl(&all).await
 }
 
 fn forward_listener(name: &str, extra: &str) -> String {

@@ -10,13 +10,8 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// Writes `request` on a new connection and reads until the gateway closes it (or 5 s).
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
-    String::from_utf8_lossy(&reply).into_owned()
+    raw_exchange(addr, request).await.0
 }
 
 #[tokio::test]

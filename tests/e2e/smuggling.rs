@@ -4,23 +4,14 @@
 //! closed, so no second request can hide in its body.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::support::*;
 
 /// Writes `request` and reads until the gateway closes the connection; panics if it stays open.
 async fn until_closed(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
-        .await
-        .expect("the gateway closes the connection")
-        .unwrap();
-    String::from_utf8_lossy(&reply).into_owned()
+    let (reply, closed) = raw_exchange(addr, request).await;
+    assert!(closed, "the gateway closes the connection: {reply}");
+    reply
 }
 
 #[tokio::test]

@@ -414,3 +414,27 @@ pub async fn refuses_connections(addr: SocketAddr) -> bool {
     }
     false
 }
+
+/// Writes `request` on a new connection and reads until the gateway closes it, or 5 s; returns
+/// what was read and whether the connection was closed.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await.is_ok();
+    (String::from_utf8_lossy(&reply).into_owned(), closed)
+}
+
+/// Runs curl (installed by scripts/test) with `args`, 10 s at most; returns its exit code, stdout
+/// and stderr.
+pub async fn curl(args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed (scripts/test installs it)");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}

@@ -95,18 +95,6 @@ fn https_config(tls: &str, extra: &str, backend: &Backend) -> String {
     )
 }
 
-/// curl's exit code, stdout and stderr.
-async fn curl(args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "10"])
-        .args(args)
-        .output()
-        .await
-        .expect("curl is installed (scripts/test installs it)");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
-}
-
 /// curl to `https://NAME:PORT/` at the gateway, trusting `ca`; prints the HTTP version then the body.
 async fn curl_https(gateway: SocketAddr, name: &str, ca: &Path, extra: &[&str]) -> (i32, String, String) {
     let resolve = format!("{name}:{}:127.0.0.1", gateway.port());

@@ -454,6 +454,19 @@ mod tests {
     }
 
     #[test]
+    fn tls_mode_reports_the_tls_facts_in_request_headers() {
+        let mut plugin = testing::init::<Testkit>(r#"{"mode": "tls"}"#).unwrap();
+        let tls = sluice_sdk::TlsInfo { server_name: Some("a.test".into()), client_subject: None };
+        let mut req = testing::request("GET", "/").tls(tls).build();
+        assert!(matches!(plugin.on_request(&mut req), Action::Continue));
+        assert_eq!(req.header_str("x-tls-server-name"), Some("a.test"));
+        assert_eq!(req.header_str("x-tls-client-subject"), Some("-"));
+        let mut plain = testing::request("GET", "/").build();
+        plugin.on_request(&mut plain);
+        assert_eq!(plain.header_str("x-tls"), Some("none"));
+    }
+
+    #[test]
     fn init_fail_and_bad_configs_are_refused_with_a_reason() {
         let err = testing::init::<Testkit>(r#"{"mode": "init-fail"}"#).unwrap_err();
         assert_eq!(err, "testkit init refused: bad config");
@@ -461,7 +474,7 @@ mod tests {
         let err = testing::init::<Testkit>(r#"{"mode": "dance"}"#).unwrap_err();
         assert_eq!(
             err,
-            "testkit: unknown mode \"dance\"; valid modes: tag, select, counter, loop, hog, trap, init-fail, bench, noop, build"
+            "testkit: unknown mode \"dance\"; valid modes: tag, select, counter, loop, hog, trap, init-fail, bench, noop, build, tls"
         );
 
         let err = testing::init::<Testkit>("{}").unwrap_err();

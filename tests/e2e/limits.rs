@@ -108,3 +108,53 @@ async fn connections_past_max_connections_are_closed_at_once() {
     }
     assert!(answered, "a connection is accepted again once one closed");
 }
+
+#[tokio::test]
+async fn http2_clients_get_at_most_the_configured_concurrent_streams() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (now2, peak2) = (now.clone(), peak.clone());
+    let backend = Backend::start(move |_req| {
+        let (now, peak) = (now2.clone(), peak2.clone());
+        async move {
+            peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            http::Response::new(full("b"))
+        }
+    })
+    .await;
+    let config = format!(
+        "[server]\nhttp2_max_concurrent_streams = 4\n\n{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream("u", &[&backend])
+    );
+    let gateway = Gateway::start(&config);
+    let stream = TcpStream::connect(gateway.addr()).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // Streams opened before the server's SETTINGS arrive past the limit are refused
+    // (REFUSED_STREAM); once the client has them, it holds itself to the limit.
+    let mut first = sender.clone();
+    let warm_up = first.send_request(http::Request::get("http://a/").body(full("")).unwrap()).await.unwrap();
+    assert_eq!(warm_up.status(), 200);
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                sender.ready().await.unwrap();
+                let request = http::Request::get("http://a/").body(full("")).unwrap();
+                sender.send_request(request).await.map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 4, "the client is held to the server's stream limit");
+}

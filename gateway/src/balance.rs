@@ -247,6 +247,14 @@ impl fmt::Debug for Lease {
     }
 }
 
+/// The `consistent_hash` key of a client address: its bytes, hashed.
+pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
+        std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
+    }
+}
+
 /// A fast hash of a request's key (client IP bytes or a header value) for `consistent_hash`, stable
 /// across builds and machines: FNV-1a, then MurmurHash3's finalizer to spread similar keys.
 pub fn hash_key(bytes: &[u8]) -> u64 {

@@ -3,7 +3,7 @@
 //! backend that refuses or does not answer within the connect timeout is skipped for the next
 //! one, so one dead backend costs a client a retry, not a failed connection.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -20,9 +20,8 @@ use crate::snapshot::Snapshot;
 pub async fn serve(client: TcpStream, peer: SocketAddr, listener: &str, proxy: &TcpProxy, snapshot: Arc<Snapshot>) {
     let _active = METRICS.tcp_connection(listener);
     let upstream = &snapshot.upstreams[proxy.upstream];
-    let hash = match (&upstream.config.balance, peer.ip()) {
-        (BalancePolicy::ConsistentHash(HashKey::ClientIp), IpAddr::V4(ip)) => balance::hash_key(&ip.octets()),
-        (BalancePolicy::ConsistentHash(HashKey::ClientIp), IpAddr::V6(ip)) => balance::hash_key(&ip.octets()),
+    let hash = match &upstream.config.balance {
+        BalancePolicy::ConsistentHash(HashKey::ClientIp) => balance::hash_ip(peer.ip()),
         _ => 0,
     };
     let mut failed = vec![false; upstream.backends.len()];

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -57,6 +57,14 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A send that hyper refused or that failed, with the request when hyper handed it back.
+    fn of(target: &Destination<'_>, mut error: TrySendError<Request<RequestBody>>) -> Failure {
+        match error.take_message() {
+            Some(unsent) => Failure::unsent(target, error.into_error(), unsent),
+            None => Failure::sent(target, error.into_error()),
+        }
+    }
+
     fn unsent(target: &Destination<'_>, cause: hyper::Error, request: Request<RequestBody>) -> Failure {
         let error = ProxyError::Upstream { backend: target.name.to_string(), cause };
         Failure { error, unsent: Some(request) }
@@ -145,10 +153,7 @@ impl Pool {
         });
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, Some(self.checkin(target.key, sender)))),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => Err(Failure::unsent(target, e.into_error(), unsent)),
-                None => Err(Failure::sent(target, e.into_error())),
-            },
+            Err(e) => Err(Failure::of(target, e)),
         }
     }
 
@@ -183,13 +188,7 @@ impl Pool {
         if let Err(e) = sender.ready().await {
             return Err(Failure::unsent(target, e, request));
         }
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => Err(Failure::unsent(target, e.into_error(), unsent)),
-                None => Err(Failure::sent(target, e.into_error())),
-            },
-        }
+        sender.try_send_request(request).await.map_err(|e| Failure::of(target, e))
     }
 
     /// The most recently used idle connection that is still open and fresh.

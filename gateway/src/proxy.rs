@@ -400,10 +400,7 @@ fn pick_backend(
 ) -> Result<Lease, ProxyError> {
     let healthy = |i: usize| upstream.backends[i].is_healthy() && !failed.contains(&i);
     let hash = match &upstream.config.balance {
-        BalancePolicy::ConsistentHash(HashKey::ClientIp) => match request.client_ip {
-            IpAddr::V4(ip) => balance::hash_key(&ip.octets()),
-            IpAddr::V6(ip) => balance::hash_key(&ip.octets()),
-        },
+        BalancePolicy::ConsistentHash(HashKey::ClientIp) => balance::hash_ip(request.client_ip),
         BalancePolicy::ConsistentHash(HashKey::Header(name)) => {
             balance::hash_key(request.headers.get(name).map_or(&b""[..], HeaderValue::as_bytes))
         }

@@ -248,7 +248,9 @@ async fn accept(
             },
             _ = stopped.wait_for(|stop| *stop) => return,
         };
-        let limit = worker.snapshots.load().listener(&name).map_or(usize::MAX, |l| l.max_connections);
+        // The listener as the current snapshot has it: a reload may change its protocol or limit.
+        let snapshot = worker.snapshots.load_full();
+        let limit = snapshot.listener(&name).map_or(usize::MAX, |l| l.max_connections);
         if open.fetch_add(1, Ordering::Relaxed) >= limit {
             open.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(listener = name, client = %peer, limit, "max_connections reached: connection closed");
@@ -259,8 +261,6 @@ async fn accept(
         let connection = Connection { name: name.clone(), peer, worker: worker.clone(), builder: builder.clone() };
         let (connections, stopped, open) = (connections.clone(), stopped.clone(), open.clone());
         tokio::task::spawn_local(async move {
-            // The listener's protocol as the current snapshot has it: a reload may change it.
-            let snapshot = connection.worker.snapshots.load_full();
             match snapshot.listener(&connection.name).map(|l| &l.protocol) {
                 Some(ListenerProtocol::Tcp(proxy)) => {
                     l4::serve(stream, peer, &connection.name, proxy, snapshot.clone()).await;

@@ -15,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod forward;
 pub mod forward_proxy;
+pub mod framing;
 pub mod health;
 pub mod l4;
 pub mod local;

@@ -30,6 +30,7 @@ use crate::config::ListenerProtocol;
 use crate::config::{self, ClientLimits, Config};
 use crate::control::{Control, WorkerCommand};
 use crate::forward_proxy;
+use crate::framing::Strict;
 use crate::l4;
 use crate::local::LocalExec;
 use crate::logging;
@@ -341,7 +342,7 @@ impl Connection {
                 }
             }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(Strict::new(stream)), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

@@ -158,3 +158,55 @@ async fn http2_clients_get_at_most_the_configured_concurrent_streams() {
     }
     assert_eq!(peak.load(Ordering::SeqCst), 4, "the client is held to the server's stream limit");
 }
+
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+#[tokio::test]
+async fn an_http2_client_that_resets_streams_as_fast_as_it_opens_them_is_cut_off() {
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let backend = Backend::named("b").await;
+    let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n", upstream("u", &[&backend]));
+    let gateway = Gateway::start(&config);
+
+    // The 2023 rapid-reset attack: each stream's HEADERS (GET / with END_STREAM, from the HPACK
+    // static table) followed at once by RST_STREAM (CANCEL), 1000 streams in one write.
+    let mut attack = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    attack.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    let get = [0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
+    for stream in (1..2000).step_by(2) {
+        attack.extend(h2_frame(HEADERS, 0x5, stream, &get));
+        attack.extend(h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
+    let _ = stream.write_all(&attack).await;
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "the gateway closes the connection");
+
+    let mut frames = reply.as_slice();
+    let mut goaway = None;
+    while frames.len() >= 9 {
+        let length = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+        let Some(payload) = frames.get(9..9 + length) else { break };
+        if frames[3] == GOAWAY {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        frames = &frames[9 + length..];
+    }
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "GOAWAY with ENHANCE_YOUR_CALM");
+    assert!(backend.seen().len() < 100, "most streams never reached the backend: {}", backend.seen().len());
+
+    let reply = raw(gateway.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "others are still served: {reply}");
+}

@@ -18,5 +18,7 @@ fuzz_target!(|input: (&str, &[u8])| {
     let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
     let client = sluice::forward::client_ip(peer, &headers, &trusted);
     let text = String::from_utf8_lossy(forwarded_for);
-    assert!(client == peer || text.contains(&client.to_string()) || text.split(',').any(|h| h.trim().parse() == Ok(client)));
+    assert!(
+        client == peer || text.contains(&client.to_string()) || text.split(',').any(|h| h.trim().parse() == Ok(client))
+    );
 });

@@ -13,7 +13,8 @@ fuzz_target!(|bytes: &[u8]| {
         fields::push(&mut again, name, value);
         decoded.push((name.to_vec(), value.to_vec()));
     }
-    let redecoded: Vec<_> = fields::entries(&again).map(|e| e.map(|(n, v)| (n.to_vec(), v.to_vec())).unwrap()).collect();
+    let redecoded: Vec<_> =
+        fields::entries(&again).map(|e| e.map(|(n, v)| (n.to_vec(), v.to_vec())).unwrap()).collect();
     assert_eq!(decoded, redecoded);
     for change in fields::header_changes(bytes) {
         if change.is_err() {

@@ -173,7 +173,7 @@ struct Exchange<'s, 'u> {
     client_ip: IpAddr,
     trusted: &'s [crate::net::Cidr],
     target: Target<'u>,
-    context: &'u [(String, String)],
+    context: &'u [u8],
 }
 
 /// Applies the forwarding rules, picks a backend and calls it.

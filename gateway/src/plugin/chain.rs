@@ -50,7 +50,9 @@ pub struct Chain<'s> {
     tls: Option<&'s TlsFacts>,
     /// Bit `i` is set when on-request of `chain[i]` ran.
     ran: u64,
-    context: Vec<(String, String)>,
+    /// The request context as a `fields` block, one entry per key: it crosses into each hook
+    /// as it is, without encoding.
+    context: Vec<u8>,
     /// Header changes on-request asked for the response, in plugin order.
     response_ops: Vec<Op>,
     /// The request as on-request left it, for on-response: method, path, encoded headers.
@@ -130,8 +132,8 @@ impl<'s> Chain<'s> {
         Ok(verdict)
     }
 
-    /// The request context as the plugins have left it so far.
-    pub fn context(&self) -> &[(String, String)] {
+    /// The request context as the plugins have left it so far, as a `fields` block.
+    pub fn context(&self) -> &[u8] {
         &self.context
     }
 
@@ -162,7 +164,7 @@ impl<'s> Chain<'s> {
             .and_then(|outcome| {
                 let status = outcome.changes.status.map(status_code).transpose()?;
                 let ops = validate_ops(&outcome.changes.headers)?;
-                let context = validate_context(&outcome.changes.context)?;
+                validate_context(&outcome.changes.context)?;
                 let replace = match outcome.action {
                     ResponseAction::Continue => None,
                     ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
@@ -171,7 +173,7 @@ impl<'s> Chain<'s> {
                         None
                     }
                 };
-                Ok((status, ops, context, replace))
+                Ok((status, ops, outcome.changes.context, replace))
             });
             plugin.count(Hook::OnResponse, &outcome);
             match outcome {
@@ -183,7 +185,7 @@ impl<'s> Chain<'s> {
                         *response.status_mut() = status;
                     }
                     apply_ops(response.headers_mut(), ops);
-                    apply_context(&mut self.context, context);
+                    apply_context(&mut self.context, &context);
                 }
                 Err(failure) => self.failed(plugin, Hook::OnResponse, failure)?,
             }
@@ -215,8 +217,8 @@ pub struct Selecting<'a> {
     pub tls: Option<&'a TlsFacts>,
     /// The route's name.
     pub route: &'a str,
-    /// The request context.
-    pub context: &'a [(String, String)],
+    /// The request context (a `fields` block).
+    pub context: &'a [u8],
 }
 
 /// Asks `plugin` to choose among `backends` (address, weight, zone) for this request. `None`
@@ -273,7 +275,8 @@ struct RequestChanges {
     query: Option<String>,
     ops: Vec<Op>,
     response_ops: Vec<Op>,
-    context: Vec<(String, String)>,
+    /// Context entries to set, a `fields` block.
+    context: Vec<u8>,
 }
 
 impl RequestChanges {
@@ -298,7 +301,10 @@ impl RequestChanges {
             query: changes.query,
             ops: validate_ops(&changes.headers)?,
             response_ops: validate_ops(&changes.response_headers)?,
-            context: validate_context(&changes.context)?,
+            context: {
+                validate_context(&changes.context)?;
+                changes.context
+            },
         })
     }
 
@@ -306,7 +312,7 @@ impl RequestChanges {
         self,
         parts: &mut request::Parts,
         target: &mut Target<'_>,
-        context: &mut Vec<(String, String)>,
+        context: &mut Vec<u8>,
         response_ops: &mut Vec<Op>,
     ) {
         if let Some(method) = self.method {
@@ -320,7 +326,7 @@ impl RequestChanges {
         }
         apply_ops(&mut parts.headers, self.ops);
         response_ops.extend(self.response_ops);
-        apply_context(context, self.context);
+        apply_context(context, &self.context);
     }
 }
 
@@ -350,17 +356,16 @@ fn validate_ops(changes: &[u8]) -> Result<Vec<Op>, PluginFailure> {
         .collect()
 }
 
-/// The context entries of a `fields` list, which must be UTF-8 (the access log prints them).
-fn validate_context(entries: &[u8]) -> Result<Vec<(String, String)>, PluginFailure> {
-    fields::entries(entries)
-        .map(|entry| {
-            let (key, value) = entry.map_err(invalid)?;
-            match (std::str::from_utf8(key), std::str::from_utf8(value)) {
-                (Ok(key), Ok(value)) => Ok((key.to_string(), value.to_string())),
-                _ => Err(invalid("a context entry is not UTF-8".into())),
-            }
-        })
-        .collect()
+/// Checks the context entries of a `fields` list: well formed, and UTF-8, as the WIT's string
+/// map promises every plugin that reads them.
+fn validate_context(entries: &[u8]) -> Result<(), PluginFailure> {
+    for entry in fields::entries(entries) {
+        let (key, value) = entry.map_err(invalid)?;
+        if std::str::from_utf8(key).is_err() || std::str::from_utf8(value).is_err() {
+            return Err(invalid("a context entry is not UTF-8".into()));
+        }
+    }
+    Ok(())
 }
 
 fn apply_ops(headers: &mut HeaderMap, ops: Vec<Op>) {
@@ -379,12 +384,12 @@ fn apply_ops(headers: &mut HeaderMap, ops: Vec<Op>) {
     }
 }
 
-/// Sets context entries; an empty value removes the key.
-fn apply_context(context: &mut Vec<(String, String)>, changes: Vec<(String, String)>) {
-    for (key, value) in changes {
-        context.retain(|(k, _)| *k != key);
+/// Sets the (validated) context entries `changes`; an empty value removes the key.
+fn apply_context(context: &mut Vec<u8>, changes: &[u8]) {
+    for (key, value) in fields::entries(changes).flatten() {
+        fields::remove(context, key);
         if !value.is_empty() {
-            context.push((key, value));
+            fields::push(context, key, value);
         }
     }
 }

@@ -14,6 +14,24 @@ pub fn push(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     block.extend_from_slice(value);
 }
 
+/// Removes every entry named `name`, moving the later entries down in place; a malformed tail
+/// is dropped.
+pub fn remove(block: &mut Vec<u8>, name: &[u8]) {
+    let (mut kept, mut at) = (0, 0);
+    loop {
+        let Some(Ok((entry_name, value))) = entries(&block[at..]).next() else { break };
+        let (len, matches) = (8 + entry_name.len() + value.len(), entry_name == name);
+        if !matches {
+            if kept != at {
+                block.copy_within(at..at + len, kept);
+            }
+            kept += len;
+        }
+        at += len;
+    }
+    block.truncate(kept);
+}
+
 /// Encodes every header, repeated ones in order.
 pub fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
     let size: usize = headers.iter().map(|(n, v)| 8 + n.as_str().len() + v.len()).sum();
@@ -136,17 +154,14 @@ pub fn encode_request<'b>(
     buffer: &'b mut Vec<u8>,
     line: &RequestLine<'_>,
     headers: &HeaderMap,
-    context: &[(String, String)],
+    context: &[u8],
 ) -> (&'b [u8], &'b [u8]) {
     encode_blocks(buffer, &line.entries(), headers, context)
 }
 
-/// Encodes `headers` and `context` one after the other in `buffer`; returns both blocks.
-pub fn encode_response<'b>(
-    buffer: &'b mut Vec<u8>,
-    headers: &HeaderMap,
-    context: &[(String, String)],
-) -> (&'b [u8], &'b [u8]) {
+/// Encodes `headers`, then copies `context` (a `fields` block) after them in `buffer`; returns
+/// both blocks.
+pub fn encode_response<'b>(buffer: &'b mut Vec<u8>, headers: &HeaderMap, context: &[u8]) -> (&'b [u8], &'b [u8]) {
     encode_blocks(buffer, &[], headers, context)
 }
 
@@ -154,7 +169,7 @@ fn encode_blocks<'b>(
     buffer: &'b mut Vec<u8>,
     first: &[(&str, &str)],
     headers: &HeaderMap,
-    context: &[(String, String)],
+    context: &[u8],
 ) -> (&'b [u8], &'b [u8]) {
     for (name, value) in first {
         push(buffer, name.as_bytes(), value.as_bytes());
@@ -163,9 +178,7 @@ fn encode_blocks<'b>(
         push(buffer, name.as_str().as_bytes(), value.as_bytes());
     }
     let split = buffer.len();
-    for (name, value) in context {
-        push(buffer, name.as_bytes(), value.as_bytes());
-    }
+    buffer.extend_from_slice(context);
     buffer.split_at(split)
 }
 
@@ -199,9 +212,29 @@ mod tests {
         let expected: Vec<u8> =
             [&[1, 0, 0, 0][..], b"a", &[1, 0, 0, 0], b"1", &[1, 0, 0, 0], b"a", &[2, 0, 0, 0], b"22"].concat();
         assert_eq!(block, expected);
+        let mut context = Vec::new();
+        push(&mut context, b"k", b"v");
         let mut buffer = Vec::new();
-        let (head, context) = encode_response(&mut buffer, &headers, &[("k".into(), "v".into())]);
-        assert_eq!(head, block);
-        assert_eq!(context, [&[1, 0, 0, 0][..], b"k", &[1, 0, 0, 0], b"v"].concat());
+        assert_eq!(encode_response(&mut buffer, &headers, &context), (&block[..], &context[..]));
+    }
+
+    #[test]
+    fn removes_every_entry_of_a_name_in_place() {
+        let mut block = Vec::new();
+        for (name, value) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")] {
+            push(&mut block, name.as_bytes(), value.as_bytes());
+        }
+        remove(&mut block, b"a");
+        let left: Vec<_> = entries(&block).map(Result::unwrap).collect();
+        assert_eq!(left, [(&b"b"[..], &b"2"[..]), (b"c", b"4")]);
+        remove(&mut block, b"z");
+        assert_eq!(entries(&block).count(), 2);
+        block.push(7);
+        remove(&mut block, b"b");
+        assert_eq!(
+            entries(&block).map(Result::unwrap).collect::<Vec<_>>(),
+            [(&b"c"[..], &b"4"[..])],
+            "the cut-off tail is dropped"
+        );
     }
 }

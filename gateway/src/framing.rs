@@ -15,8 +15,9 @@
 //!
 //! It stops following (and leaves the rest of the connection to hyper, which frames it safely
 //! if leniently) where it cannot be sure: after CONNECT and `Upgrade` requests, on HTTP/2, and
-//! on framing it cannot read (an over-long `Content-Length` line, a malformed chunk), which hyper
-//! refuses anyway. It never copies or holds bytes back; the cost is a `memchr` over each head.
+//! on framing it cannot read (a `Content-Length` or `Transfer-Encoding` line longer than the
+//! 64 bytes it keeps of a line, a malformed chunk). It never copies or holds bytes
+//! back; the cost is a `memchr` over each head (~26 ns for a small request).
 
 use std::io;
 use std::pin::Pin;

@@ -34,7 +34,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snapshot = worker.snapshots.load_full();
-    let (method, target) = (request.method().clone(), request.uri().authority().cloned());
+    let access = snapshot.config.log.access.then(|| (request.method().clone(), request.uri().authority().cloned()));
     let response = match snapshot.listener(&downstream.listener).map(|l| &l.protocol) {
         Some(ListenerProtocol::Forward(config)) => match proxy(worker, &snapshot, config, downstream, request).await {
             Ok(response) => response,
@@ -47,7 +47,7 @@ pub async fn handle(
         _ => ProxyError::BadRequest("this listener is no longer a forward proxy").response(),
     };
     METRICS.request(None, response.status().as_u16(), started.elapsed());
-    if snapshot.config.log.access {
+    if let Some((method, target)) = access {
         tracing::info!(
             target: crate::logging::ACCESS,
             method = %method,

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::balance;
 use crate::config::{BalancePolicy, HashKey, TcpProxy, UpstreamProtocol};
 use crate::metrics::METRICS;
-use crate::pool::{self, Destination};
+use crate::pool;
 use crate::relay::relay;
 use crate::snapshot::Snapshot;
 
@@ -33,14 +33,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: &str, proxy: &
         };
         let backend = &upstream.backends[lease.index()];
         let addrs = backend.addrs();
-        let destination = Destination {
-            key: backend.key,
-            name: &backend.config.address,
-            addrs: &addrs,
-            protocol: UpstreamProtocol::Http1,
-            connect_timeout: proxy.connect_timeout,
-            tls: backend.tls.as_ref(),
-        };
+        let destination = backend.destination(&addrs, UpstreamProtocol::Http1, proxy.connect_timeout);
         match pool::connect(&destination).await {
             Ok(stream) => break (stream, lease),
             Err(error) => {

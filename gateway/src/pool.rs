@@ -59,19 +59,12 @@ pub struct Failure {
 impl Failure {
     /// A send that hyper refused or that failed, with the request when hyper handed it back.
     fn of(target: &Destination<'_>, mut error: TrySendError<Request<RequestBody>>) -> Failure {
-        match error.take_message() {
-            Some(unsent) => Failure::unsent(target, error.into_error(), unsent),
-            None => Failure::sent(target, error.into_error()),
-        }
+        let unsent = error.take_message();
+        Failure::upstream(target, error.into_error(), unsent)
     }
 
-    fn unsent(target: &Destination<'_>, cause: hyper::Error, request: Request<RequestBody>) -> Failure {
-        let error = ProxyError::Upstream { backend: target.name.to_string(), cause };
-        Failure { error, unsent: Some(request) }
-    }
-
-    fn sent(target: &Destination<'_>, cause: hyper::Error) -> Failure {
-        Failure { error: ProxyError::Upstream { backend: target.name.to_string(), cause }, unsent: None }
+    fn upstream(target: &Destination<'_>, cause: hyper::Error, unsent: Option<Request<RequestBody>>) -> Failure {
+        Failure { error: ProxyError::Upstream { backend: target.name.to_string(), cause }, unsent }
     }
 }
 
@@ -134,7 +127,7 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // The connection died before the request was written: try another.
                     Some(unsent) => request = unsent,
-                    None => return Err(Failure::sent(target, e.into_error())),
+                    None => return Err(Failure::upstream(target, e.into_error(), None)),
                 },
             }
         }
@@ -144,7 +137,7 @@ impl Pool {
         };
         let (mut sender, connection) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(handshake) => handshake,
-            Err(e) => return Err(Failure::unsent(target, e, request)),
+            Err(e) => return Err(Failure::upstream(target, e, Some(request))),
         };
         tokio::task::spawn_local(async move {
             if let Err(e) = connection.with_upgrades().await {
@@ -174,7 +167,7 @@ impl Pool {
                     http2::Builder::new(LocalExec).timer(TokioTimer::new()).handshake(TokioIo::new(stream)).await;
                 let (sender, connection) = match handshake {
                     Ok(handshake) => handshake,
-                    Err(e) => return Err(Failure::unsent(target, e, request)),
+                    Err(e) => return Err(Failure::upstream(target, e, Some(request))),
                 };
                 tokio::task::spawn_local(async move {
                     if let Err(e) = connection.await {
@@ -186,7 +179,7 @@ impl Pool {
             }
         };
         if let Err(e) = sender.ready().await {
-            return Err(Failure::unsent(target, e, request));
+            return Err(Failure::upstream(target, e, Some(request)));
         }
         sender.try_send_request(request).await.map_err(|e| Failure::of(target, e))
     }

@@ -35,7 +35,7 @@ use crate::net::IpText;
 use crate::path;
 use crate::plugin::bindings::types;
 use crate::plugin::chain::{self, Chain, Target, Verdict};
-use crate::pool::{Destination, Pool};
+use crate::pool::Pool;
 use crate::snapshot::Snapshot;
 use crate::tls::TlsFacts;
 use crate::upstream::Upstream;
@@ -240,14 +240,7 @@ async fn forward_to_backend<'s>(
         let backend = &upstream.backends[lease.index()];
         trace.backend = Some(&backend.config.address);
         let addrs = backend.addrs();
-        let destination = Destination {
-            key: backend.key,
-            name: &backend.config.address,
-            addrs: &addrs,
-            protocol: upstream.config.protocol,
-            connect_timeout: route.connect_timeout,
-            tls: backend.tls.as_ref(),
-        };
+        let destination = backend.destination(&addrs, upstream.config.protocol, route.connect_timeout);
         let failure = match tokio::time::timeout(route.timeout, worker.pool.send(&destination, request)).await {
             Ok(Ok((response, checkin))) => {
                 record(upstream, backend, response.status().as_u16() < 500);
@@ -265,8 +258,7 @@ async fn forward_to_backend<'s>(
         };
         record(upstream, backend, false);
         let again = failure.unsent.or_else(|| replay.as_ref().map(Replay::request));
-        let others_left = (0..upstream.backends.len())
-            .any(|i| i != lease.index() && !failed.contains(&i) && upstream.backends[i].is_healthy());
+        let others_left = (0..upstream.backends.len()).any(|i| i != lease.index() && available(upstream, &failed, i));
         match again {
             Some(again) if failed.len() < route.retries as usize && others_left && upstream.retry_budget.withdraw() => {
                 tracing::info!(route = route.name, error = %failure.error, "retrying on another backend");
@@ -398,7 +390,7 @@ fn pick_backend(
     request: &chain::Selecting<'_>,
     failed: &[usize],
 ) -> Result<Lease, ProxyError> {
-    let healthy = |i: usize| upstream.backends[i].is_healthy() && !failed.contains(&i);
+    let healthy = |i: usize| available(upstream, failed, i);
     let hash = match &upstream.config.balance {
         BalancePolicy::ConsistentHash(HashKey::ClientIp) => balance::hash_ip(request.client_ip),
         BalancePolicy::ConsistentHash(HashKey::Header(name)) => {
@@ -436,6 +428,11 @@ fn pick_backend(
         .balancer
         .pick(&healthy, hash)
         .ok_or_else(|| ProxyError::NoHealthyBackend { upstream: upstream.config.name.clone() })
+}
+
+/// Whether backend `i` may take this request: healthy, and not among those that failed it.
+fn available(upstream: &Upstream, failed: &[usize], i: usize) -> bool {
+    upstream.backends[i].is_healthy() && !failed.contains(&i)
 }
 
 /// Joins the client's and the backend's upgraded connections and copies bytes both ways until

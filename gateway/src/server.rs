@@ -312,15 +312,11 @@ impl Connection {
     /// Completes the TLS handshake within the listener's deadline, then serves. A failed or slow
     /// handshake costs this connection only.
     async fn serve_tls(self, stream: tokio::net::TcpStream, tls: &ServerTls, stopped: watch::Receiver<bool>) {
-        let stream = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+        let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
+        let stream = match handshake.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+            Ok(stream) => stream,
+            Err(e) => {
                 tracing::debug!(listener = self.name, client = %self.peer, error = %e, "TLS handshake failed");
-                METRICS.tls_handshake_failed(&self.name);
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(listener = self.name, client = %self.peer, "TLS handshake timed out");
                 METRICS.tls_handshake_failed(&self.name);
                 return;
             }

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -17,6 +18,7 @@ use crate::balance::Balancer;
 use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls};
 use crate::health::{self, Health};
 use crate::metrics::METRICS;
+use crate::pool::Destination;
 use crate::tls::BackendTls;
 
 /// A backend's identity in the connection pools: the same address, protocol and TLS settings get
@@ -68,6 +70,23 @@ impl Backend {
     /// Whether the balancer may pick this backend.
     pub fn is_healthy(&self) -> bool {
         self.health.is_healthy()
+    }
+
+    /// Where the pool sends to this backend at `addrs` (its [`addrs`](Self::addrs) now).
+    pub fn destination<'a>(
+        &'a self,
+        addrs: &'a [SocketAddr],
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+    ) -> Destination<'a> {
+        Destination {
+            key: self.key,
+            name: &self.config.address,
+            addrs,
+            protocol,
+            connect_timeout,
+            tls: self.tls.as_ref(),
+        }
     }
 }
 

@@ -103,7 +103,7 @@ pub struct RawUpstream {
     pub resolve_interval_ms: Option<Spanned<u64>>,
     pub health: Option<Spanned<RawHealth>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
-    pub max_requests: Option<Spanned<u32>>,
+    pub max_requests: Option<Spanned<u64>>,
 }
 
 /// An upstream's `health`: an HTTP probe (`path`) or a TCP connect (`tcp = true`).

@@ -283,14 +283,13 @@ impl Validator<'_> {
     }
 
     fn upstream_tls(&self, raw: Option<&Spanned<RawUpstreamTls>>) -> Result<Option<UpstreamTls>> {
-        let table = match raw.map(|r| (r.get_ref(), r.span())) {
+        let (table, span) = match raw.map(|r| (r.get_ref(), r.span())) {
             None | Some((RawUpstreamTls::Enabled(false), _)) => return Ok(None),
             Some((RawUpstreamTls::Enabled(true), _)) => {
                 return Ok(Some(UpstreamTls { ca: None, server_name: None, client: None, verify: true }));
             }
             Some((RawUpstreamTls::Table(table), span)) => (table, span),
         };
-        let (table, span) = table;
         let client = match (&table.cert, &table.key) {
             (Some(cert), Some(key)) => Some(self.certificate_files(cert, key)),
             (None, None) => None,
@@ -371,11 +370,7 @@ impl Validator<'_> {
             resolve_interval: self.duration(raw.resolve_interval_ms, 30_000)?,
             tls: self.upstream_tls(raw.tls.as_ref())?,
             health,
-            max_requests: match &raw.max_requests {
-                Some(m) if *m.get_ref() == 0 => return Err(self.err(m.span(), "max_requests must be at least 1")),
-                Some(m) => *m.get_ref() as usize,
-                None => 1024,
-            },
+            max_requests: self.count(raw.max_requests.clone(), 1024, 1, "max_requests")?,
         };
         Ok((raw.name, upstream))
     }

@@ -148,6 +148,7 @@
 
 mod action;
 pub mod alloc;
+pub mod check;
 mod config;
 mod fields;
 pub mod host;

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 
 use serde::Deserialize;
+use sluice_sdk::check::{equal_in_constant_time, is_header_name, is_header_value};
 use sluice_sdk::prelude::*;
 
 /// The request context key the consumer's name is stored under.
@@ -174,14 +175,8 @@ impl ApiKeyAuth {
     fn consumer_of(&self, key: &[u8]) -> Option<&str> {
         let tag = self.hasher.hash_one(key);
         let candidate = self.consumers.iter().find(|consumer| consumer.tag == tag)?;
-        keys_equal(&candidate.key, key).then_some(candidate.name.as_str())
+        equal_in_constant_time(&candidate.key, key).then_some(candidate.name.as_str())
     }
-}
-
-/// Compares every byte, without stopping at the first difference.
-fn keys_equal(a: &[u8], b: &[u8]) -> bool {
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    a.len() == b.len() && std::hint::black_box(difference) == 0
 }
 
 /// The (percent-decoded) value of the first parameter called `name` in `query`.
@@ -231,16 +226,6 @@ fn percent_decode(text: &str) -> Vec<u8> {
 
 fn hex(digit: u8) -> Option<u8> {
     (digit as char).to_digit(16).map(|d| d as u8)
-}
-
-/// An HTTP token (RFC 9110 §5.6.2), the form of a header name.
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Text a header value may hold: no control characters but tab.
-fn is_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 export_plugin!(ApiKeyAuth);

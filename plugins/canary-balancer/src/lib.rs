@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use sluice_sdk::check::is_header_name;
 use sluice_sdk::prelude::*;
 
 /// The request context key holding the group chosen by `on_request`.
@@ -91,13 +92,13 @@ impl Plugin for CanaryBalancer {
         }
         let pin_header = Some(settings.pin_header).filter(|h| !h.is_empty());
         if let Some(header) = &pin_header
-            && !is_token(header)
+            && !is_header_name(header)
         {
             return Err(format!("canary-balancer: pin_header {header:?} is not a valid header name"));
         }
         let pin_cookie = Some(settings.pin_cookie).filter(|c| !c.is_empty());
         if let Some(cookie) = &pin_cookie
-            && !is_token(cookie)
+            && !is_header_name(cookie)
         {
             return Err(format!("canary-balancer: pin_cookie {cookie:?} is not a valid cookie name"));
         }
@@ -209,11 +210,6 @@ fn random_u64() -> u64 {
 /// Whether `name` can be a group: it goes into a cookie value and is compared with zones.
 fn is_group_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-/// Whether `name` is an RFC 9110 token: a valid header name, and a valid cookie name.
-fn is_token(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 export_plugin!(CanaryBalancer);

@@ -28,6 +28,7 @@ use p256::ecdsa::signature::Verifier;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
+use sluice_sdk::check::is_header_name;
 use sluice_sdk::prelude::*;
 
 /// The request context key under which the `context_claim` of a valid token is stored.
@@ -396,8 +397,7 @@ fn claim_text(claim: &str, value: &Value) -> Option<String> {
 
 /// `name` lower-cased, if it is a valid header name (an RFC 9110 token).
 fn header_name(name: &str) -> Option<String> {
-    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    valid.then(|| name.to_ascii_lowercase())
+    is_header_name(name).then(|| name.to_ascii_lowercase())
 }
 
 /// 401 for a request without a bearer token (RFC 6750 §3.1: no error code).

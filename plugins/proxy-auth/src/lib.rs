@@ -32,6 +32,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use base64ct::{Base64, Encoding};
 use serde::Deserialize;
+use sluice_sdk::check::{equal_in_constant_time, is_header_value};
 use sluice_sdk::prelude::*;
 
 /// The request context key the user's name is stored under.
@@ -138,7 +139,7 @@ impl ProxyAuth {
         let credentials = Base64::decode(encoded, &mut self.decoded).ok()?;
         let tag = self.hasher.hash_one(credentials);
         let index = self.users.iter().position(|user| user.tag == tag)?;
-        bytes_equal(&self.users[index].credentials, credentials).then_some(index)
+        equal_in_constant_time(&self.users[index].credentials, credentials).then_some(index)
     }
 
     /// A 407 with the challenge and `body`.
@@ -158,17 +159,6 @@ fn basic_credentials(value: &[u8]) -> Option<&[u8]> {
     let encoded = rest.trim_ascii_start();
     let separated = rest.len() > encoded.len();
     (scheme.eq_ignore_ascii_case(b"basic") && separated && !encoded.is_empty()).then_some(encoded)
-}
-
-/// Compares every byte, without stopping at the first difference.
-fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    a.len() == b.len() && std::hint::black_box(difference) == 0
-}
-
-/// Text a header value may hold: no control characters but tab.
-fn is_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 export_plugin!(ProxyAuth);

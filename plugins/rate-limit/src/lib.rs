@@ -24,6 +24,7 @@
 //! See the README for every config key.
 
 use serde::Deserialize;
+use sluice_sdk::check::is_header_name;
 use sluice_sdk::host::WindowCount;
 use sluice_sdk::prelude::*;
 
@@ -202,11 +203,6 @@ fn last_fit(previous: u128, budget: u128, window: u128) -> u128 {
         0 => window,
         _ => (budget * window - 1) / previous,
     }
-}
-
-/// An HTTP token (RFC 9110 §5.6.2), the form of a header name.
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whole seconds, rounded up, at least 1.

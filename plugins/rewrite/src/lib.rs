@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde::Deserialize;
 use sluice_sdk::HeaderOp;
+use sluice_sdk::check::{is_header_name, is_header_value};
 use sluice_sdk::prelude::*;
 
 /// The statuses a redirect may answer with.
@@ -263,16 +264,6 @@ fn header_ops(at: &str, settings: HeaderSettings) -> Result<Vec<HeaderOp>, Strin
         ops.push(HeaderOp::Append(name.to_ascii_lowercase(), value));
     }
     Ok(ops)
-}
-
-/// An HTTP token (RFC 9110 §5.6.2), the form of a header name.
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Text a header value may hold: no control characters but tab.
-fn is_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 export_plugin!(Rewrite);

@@ -3,8 +3,8 @@
 //! Bodies are never buffered whole: frames pass from one side to the other as they come, with
 //! hyper's flow control providing back-pressure, so a 512 MiB transfer costs a few buffers of
 //! memory. An upstream response body also carries what must live exactly as long as the response
-//! does: the backend lease (in-flight count for balancing) and the pooled connection, which goes
-//! back to the pool only once the body has been read to its end.
+//! does: the backend lease (in-flight count for balancing) and, from an HTTP/1.1 backend, the
+//! pooled connection, which goes back to the pool only once the body has been read to its end.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::balance::Lease;
-use crate::pool::Checkin;
+use crate::h1_client;
 
 /// The error type of bodies the gateway hands to hyper.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -152,36 +152,52 @@ impl ResponseBody {
     }
 }
 
-/// A backend's response body, with the lease and connection it holds until its end.
+/// A backend's response body as the pool hands it over: read by the request's task from an
+/// HTTP/1.1 connection, or from hyper's HTTP/2 connection.
+pub enum BackendBody {
+    /// From an HTTP/1.1 backend; it gives the connection back to the pool at its end.
+    Http1(h1_client::Body),
+    /// From an HTTP/2 backend.
+    Http2(Incoming),
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            BackendBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            BackendBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Http1(body) => body.is_end_stream(),
+            BackendBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Http1(body) => body.size_hint(),
+            BackendBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A backend's response body, with the lease it holds until its end.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: BackendBody,
     idle: IdleDeadline,
-    checkin: Option<Checkin>,
     _lease: Option<Lease>,
 }
 
 impl UpstreamBody {
-    /// `checkin` returns the connection to the pool once the body is complete (HTTP/1 only);
-    /// `lease` keeps an upstream's backend counted as busy until then.
-    pub fn new(inner: Incoming, idle_timeout: Duration, checkin: Option<Checkin>, lease: Option<Lease>) -> Self {
-        UpstreamBody { inner, idle: IdleDeadline::new(idle_timeout), checkin, _lease: lease }
-    }
-
-    /// The body was read to its end: the connection can serve another request.
-    fn release(&mut self) {
-        if let Some(checkin) = self.checkin.take() {
-            checkin.release();
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Hyper does not poll a body that is already complete (an empty 204, say): reuse its
-        // connection anyway. A body dropped half-read takes its connection down with it.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+    /// `lease` keeps an upstream's backend counted as busy until the body is done.
+    pub fn new(inner: BackendBody, idle_timeout: Duration, lease: Option<Lease>) -> Self {
+        UpstreamBody { inner, idle: IdleDeadline::new(idle_timeout), _lease: lease }
     }
 }
 
@@ -194,11 +210,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(body) => {
                 let frame = Pin::new(&mut body.inner).poll_frame(cx);
-                let polled = body.idle.poll(cx, frame);
-                if let Poll::Ready(None) = polled {
-                    body.release();
-                }
-                polled
+                body.idle.poll(cx, frame)
             }
         }
     }

@@ -31,7 +31,7 @@ pub enum ProxyError {
     /// No connection could be made to the backend (502).
     Connect { backend: String, cause: String },
     /// The backend closed or reset the connection, or answered with garbage (502).
-    Upstream { backend: String, cause: hyper::Error },
+    Upstream { backend: String, cause: crate::body::BoxError },
     /// The backend did not answer in time (504).
     Timeout { backend: String, phase: TimeoutPhase },
     /// A plugin failed and its `on_error` is `deny` (500).

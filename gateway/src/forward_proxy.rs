@@ -156,12 +156,12 @@ async fn send(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let addrs = resolve(config, address).await?;
     let destination = destination(config, address, &addrs);
-    let (mut response, checkin) = tokio::time::timeout(config.timeout, worker.pool.send(&destination, request))
+    let mut response = tokio::time::timeout(config.timeout, worker.pool.send(&destination, request))
         .await
         .map_err(|_| ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::ResponseHeaders })?
         .map_err(|failure| failure.error)?;
     forward::remove_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, config.idle_timeout, checkin, None))))
+    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, config.idle_timeout, None))))
 }
 
 /// Connects to the CONNECT target, answers 200, and relays bytes once the client's connection is

@@ -16,6 +16,7 @@ pub mod error;
 pub mod forward;
 pub mod forward_proxy;
 pub mod framing;
+pub mod h1_client;
 pub mod health;
 pub mod l4;
 pub mod local;

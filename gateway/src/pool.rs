@@ -2,10 +2,11 @@
 //!
 //! Each worker owns its pool, so checking a connection out or in is a `RefCell` borrow and a `Vec`
 //! push or pop: no lock, no channel, no cross-core traffic. HTTP/1.1 connections serve one request
-//! at a time and return to the pool when their response body has been read to the end (see
-//! [`Checkin`]); HTTP/2 upstreams get one multiplexed connection per backend and worker. A pooled
-//! HTTP/1.1 connection the backend closed meanwhile is detected on checkout, or by hyper handing
-//! the unsent request back, and the request goes out on a fresh connection.
+//! at a time ([`h1_client`](crate::h1_client), in the request's task) and return to the pool when
+//! their response body has been read to the end (see [`Checkin`]); HTTP/2 upstreams get one
+//! multiplexed hyper connection per backend and worker. A pooled HTTP/1.1 connection the backend
+//! closed meanwhile is detected on checkout, or when writing the request fails before a byte of it
+//! went out, and the request goes out on another connection.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,14 +16,15 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-use crate::body::RequestBody;
+use crate::body::{BackendBody, BoxError, RequestBody};
 use crate::config::UpstreamProtocol;
 use crate::error::{ProxyError, TimeoutPhase};
+use crate::h1_client::{self, SendError};
 use crate::local::LocalExec;
 use crate::tls::{BackendTls, Stream};
 use crate::upstream::BackendKey;
@@ -57,19 +59,50 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A send that hyper refused or that failed, with the request when hyper handed it back.
+    /// An HTTP/2 send that hyper refused or that failed, with the request when hyper handed it back.
     fn of(target: &Destination<'_>, mut error: TrySendError<Request<RequestBody>>) -> Failure {
         let unsent = error.take_message();
-        Failure::upstream(target, error.into_error(), unsent)
+        Failure::http2(target, error.into_error(), unsent)
     }
 
-    fn upstream(target: &Destination<'_>, cause: hyper::Error, unsent: Option<Request<RequestBody>>) -> Failure {
-        Failure { error: ProxyError::Upstream { backend: target.name.to_string(), cause }, unsent }
+    /// An HTTP/2 failure: the client's body when hyper says the fault is on the gateway's side
+    /// of the exchange, else the backend's.
+    fn http2(target: &Destination<'_>, cause: hyper::Error, unsent: Option<Request<RequestBody>>) -> Failure {
+        let error = if cause.is_user() { client_body(&cause) } else { upstream(target, cause.into()) };
+        Failure { error, unsent }
+    }
+
+    /// An HTTP/1.1 failure.
+    fn http1(target: &Destination<'_>, error: SendError) -> Failure {
+        match error {
+            SendError::Unsent(request, cause) => {
+                Failure { error: upstream(target, cause.into()), unsent: Some(*request) }
+            }
+            SendError::ClientBody(cause) => Failure { error: client_body(&*cause), unsent: None },
+            SendError::Backend(cause) => Failure { error: upstream(target, cause.into()), unsent: None },
+        }
     }
 }
 
+fn upstream(target: &Destination<'_>, cause: BoxError) -> ProxyError {
+    ProxyError::Upstream { backend: target.name.to_string(), cause }
+}
+
+/// The answer when the client's request body failed on the way (malformed chunks, past
+/// `max_body_bytes`, stalled): the client's fault, not the backend's.
+fn client_body(cause: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let mut source = Some(cause);
+    while let Some(error) = source {
+        if error.is::<crate::body::TooLarge>() {
+            return ProxyError::BodyTooLarge;
+        }
+        source = error.source();
+    }
+    ProxyError::BadRequest("the request body could not be read")
+}
+
 /// An idle HTTP/1.1 connection and when it went idle.
-type Idle = (http1::SendRequest<RequestBody>, Instant);
+type Idle = (h1_client::Connection, Instant);
 
 /// A worker's upstream connections.
 #[derive(Default)]
@@ -78,38 +111,37 @@ pub struct Pool {
     multiplexed: RefCell<HashMap<BackendKey, http2::SendRequest<RequestBody>>>,
 }
 
-/// Gives an HTTP/1.1 connection back to its pool once the response it carried is complete.
+/// Where an HTTP/1.1 connection goes back once the response it carried is complete.
 pub struct Checkin {
     pool: Weak<Pool>,
     key: BackendKey,
-    sender: http1::SendRequest<RequestBody>,
 }
 
 impl Checkin {
-    /// Returns the connection for reuse (dropping it instead closes it).
-    pub fn release(self) {
+    /// Returns `connection` for reuse (dropping it instead closes it).
+    pub fn release(self, connection: h1_client::Connection) {
         if let Some(pool) = self.pool.upgrade() {
             let mut idle = pool.idle.borrow_mut();
             let list = idle.entry(self.key).or_default();
-            if list.len() < MAX_IDLE_PER_BACKEND && !self.sender.is_closed() {
-                list.push((self.sender, Instant::now()));
+            if list.len() < MAX_IDLE_PER_BACKEND {
+                list.push((connection, Instant::now()));
             }
         }
     }
 }
 
 impl Pool {
-    /// Sends `request` to the target; for HTTP/1.1 also returns the [`Checkin`] that gives the
-    /// connection back once the response body is complete. A failure hands the request back when
-    /// it was certainly not sent, so it can be tried elsewhere.
+    /// Sends `request` to the target. An HTTP/1.1 response's body gives its connection back to
+    /// the pool once read to its end. A failure hands the request back when it was certainly not
+    /// sent, so it can be tried elsewhere.
     pub async fn send(
         self: &Rc<Self>,
         target: &Destination<'_>,
         request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), Failure> {
+    ) -> Result<Response<BackendBody>, Failure> {
         match target.protocol {
-            UpstreamProtocol::Http1 => self.send_http1(target, request).await,
-            UpstreamProtocol::Http2 => self.send_http2(target, request).await.map(|r| (r, None)),
+            UpstreamProtocol::Http1 => self.send_http1(target, request).await.map(|r| r.map(BackendBody::Http1)),
+            UpstreamProtocol::Http2 => self.send_http2(target, request).await.map(|r| r.map(BackendBody::Http2)),
         }
     }
 
@@ -117,37 +149,23 @@ impl Pool {
         self: &Rc<Self>,
         target: &Destination<'_>,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), Failure> {
-        while let Some(mut sender) = self.take_idle(target.key) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Some(self.checkin(target.key, sender)))),
-                Err(mut e) => match e.take_message() {
-                    // The connection died before the request was written: try another.
-                    Some(unsent) => request = unsent,
-                    None => return Err(Failure::upstream(target, e.into_error(), None)),
-                },
+    ) -> Result<Response<h1_client::Body>, Failure> {
+        while let Some(connection) = self.take_idle(target.key) {
+            match connection.send(request, self.checkin(target.key)).await {
+                Ok(response) => return Ok(response),
+                // The connection died before the request went out: try another.
+                Err(SendError::Unsent(unsent, _)) => request = *unsent,
+                Err(error) => return Err(Failure::http1(target, error)),
             }
         }
         let stream = match connect(target).await {
             Ok(stream) => stream,
             Err(error) => return Err(Failure { error, unsent: Some(request) }),
         };
-        let (mut sender, connection) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
-            Ok(handshake) => handshake,
-            Err(e) => return Err(Failure::upstream(target, e, Some(request))),
-        };
-        tokio::task::spawn_local(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, Some(self.checkin(target.key, sender)))),
-            Err(e) => Err(Failure::of(target, e)),
-        }
+        h1_client::Connection::new(stream)
+            .send(request, self.checkin(target.key))
+            .await
+            .map_err(|error| Failure::http1(target, error))
     }
 
     async fn send_http2(
@@ -167,7 +185,7 @@ impl Pool {
                     http2::Builder::new(LocalExec).timer(TokioTimer::new()).handshake(TokioIo::new(stream)).await;
                 let (sender, connection) = match handshake {
                     Ok(handshake) => handshake,
-                    Err(e) => return Err(Failure::upstream(target, e, Some(request))),
+                    Err(e) => return Err(Failure::http2(target, e, Some(request))),
                 };
                 tokio::task::spawn_local(async move {
                     if let Err(e) = connection.await {
@@ -179,25 +197,25 @@ impl Pool {
             }
         };
         if let Err(e) = sender.ready().await {
-            return Err(Failure::upstream(target, e, Some(request)));
+            return Err(Failure::http2(target, e, Some(request)));
         }
         sender.try_send_request(request).await.map_err(|e| Failure::of(target, e))
     }
 
     /// The most recently used idle connection that is still open and fresh.
-    fn take_idle(&self, key: BackendKey) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(&self, key: BackendKey) -> Option<h1_client::Connection> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
-        while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TTL {
-                return Some(sender);
+        while let Some((mut connection, since)) = list.pop() {
+            if since.elapsed() < IDLE_TTL && !connection.is_closed() {
+                return Some(connection);
             }
         }
         None
     }
 
-    fn checkin(self: &Rc<Self>, key: BackendKey, sender: http1::SendRequest<RequestBody>) -> Checkin {
-        Checkin { pool: Rc::downgrade(self), key, sender }
+    fn checkin(self: &Rc<Self>, key: BackendKey) -> Checkin {
+        Checkin { pool: Rc::downgrade(self), key }
     }
 }
 

@@ -23,12 +23,14 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use crate::balance::{self, Lease};
-use crate::body::{RequestBody, ResponseBody, UpstreamBody};
+use crate::body::{BackendBody, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::{BalancePolicy, HashKey, OnError, RouteConfig, UpstreamConfig, UpstreamProtocol};
-use crate::error::{ProxyError, TimeoutPhase};
+use crate::error::{ProxyError, Source, TimeoutPhase};
 use crate::forward::{self, Forwarded};
+use crate::h1_client::Upgraded;
 use crate::logging;
 use crate::metrics::METRICS;
 use crate::net::IpText;
@@ -223,7 +225,7 @@ async fn forward_to_backend<'s>(
         upstream.retry_budget.deposit();
     }
     let mut failed: Vec<usize> = Vec::new();
-    let (mut response, checkin, lease) = loop {
+    let (mut response, lease) = loop {
         if upstream.balancer.total_in_flight() >= upstream.config.max_requests {
             return Err(ProxyError::Overloaded { upstream: upstream.config.name.clone() });
         }
@@ -242,15 +244,13 @@ async fn forward_to_backend<'s>(
         let addrs = backend.addrs();
         let destination = backend.destination(&addrs, upstream.config.protocol, route.connect_timeout);
         let failure = match tokio::time::timeout(route.timeout, worker.pool.send(&destination, request)).await {
-            Ok(Ok((response, checkin))) => {
+            Ok(Ok(response)) => {
                 record(upstream, backend, response.status().as_u16() < 500);
-                break (response, checkin, lease);
+                break (response, lease);
             }
-            Ok(Err(failure)) => match client_body_error(&failure.error) {
-                // The client's own body failed: not the backend's fault, and not retriable.
-                Some(error) => return Err(error),
-                None => failure,
-            },
+            // The client's own body failed: not the backend's fault, and not retriable.
+            Ok(Err(failure)) if matches!(failure.error.source(), Source::Downstream) => return Err(failure.error),
+            Ok(Err(failure)) => failure,
             Err(_) => {
                 let address = backend.config.address.clone();
                 return Err(ProxyError::Timeout { backend: address, phase: TimeoutPhase::ResponseHeaders });
@@ -274,13 +274,17 @@ async fn forward_to_backend<'s>(
     if let Some(client_upgrade) = client_upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
-        let backend_upgrade = hyper::upgrade::on(&mut response);
-        tokio::task::spawn_local(tunnel(client_upgrade, backend_upgrade, route.idle_timeout, lease));
-        forward::remove_hop_by_hop(response.headers_mut(), true);
-        return Ok(response.map(|_| ResponseBody::empty()));
+        let (mut parts, body) = response.into_parts();
+        if let BackendBody::Http1(body) = body
+            && let Some(backend) = body.into_upgraded()
+        {
+            tokio::task::spawn_local(tunnel(client_upgrade, backend, route.idle_timeout, lease));
+        }
+        forward::remove_hop_by_hop(&mut parts.headers, true);
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
     forward::remove_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, checkin, Some(lease)))))
+    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::new(body, route.idle_timeout, Some(lease)))))
 }
 
 /// Records how a request to `backend` went for passive outlier detection, logging an ejection.
@@ -294,23 +298,6 @@ fn record(upstream: &Upstream, backend: &crate::upstream::Backend, ok: bool) {
             crate::health::EJECT_AFTER
         );
     }
-}
-
-/// The error to answer when a send failed because the client's request body did (malformed
-/// chunks, past `max_body_bytes`, stalled), not the backend.
-fn client_body_error(error: &ProxyError) -> Option<ProxyError> {
-    let ProxyError::Upstream { cause, .. } = error else { return None };
-    if !cause.is_user() {
-        return None;
-    }
-    let mut source = std::error::Error::source(cause);
-    while let Some(error) = source {
-        if error.is::<crate::body::TooLarge>() {
-            return Some(ProxyError::BodyTooLarge);
-        }
-        source = error.source();
-    }
-    Some(ProxyError::BadRequest("the request body could not be read"))
 }
 
 /// What it takes to send a request without a body again.
@@ -438,20 +425,19 @@ fn available(upstream: &Upstream, failed: &[usize], i: usize) -> bool {
 /// Joins the client's and the backend's upgraded connections and copies bytes both ways until
 /// both sides are done, or nothing moved for the route's idle timeout; the lease keeps the
 /// backend counted as busy meanwhile.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    idle: std::time::Duration,
-    _lease: Lease,
-) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Upgraded, idle: std::time::Duration, _lease: Lease) {
+    let mut client = match client.await {
+        Ok(client) => TokioIo::new(client),
         Err(e) => {
             tracing::debug!(error = %e, "upgrade did not complete");
             return;
         }
     };
-    if let Err(e) = crate::relay::relay(TokioIo::new(client), TokioIo::new(backend), idle).await {
+    let relayed = async {
+        client.write_all(&backend.read_ahead).await?;
+        crate::relay::relay(client, backend.io, idle).await
+    };
+    if let Err(e) = relayed.await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }

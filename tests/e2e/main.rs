@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod backend_framing;
 mod config;
 mod drain;
 mod errors;

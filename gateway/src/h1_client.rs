@@ -150,9 +150,12 @@ impl Connection {
             _ if head_only => BodyFraming::Done,
             framing => framing,
         };
-        // A request body the backend answered before reading it all leaves the connection unusable.
+        // A backend may answer before it has read the whole request body (an error, or a stream
+        // that echoes as it reads): the rest of the body goes on while the response is read, as
+        // hyper's client did, and the connection is not reused.
+        let upload = (!body_sent && !upgraded).then(|| Box::new(Upload { writer, body }));
         let home = (keep_alive && body_sent && !upgraded).then_some(home);
-        Ok(response.map(|()| Body { conn: Some(self), framing, home }))
+        Ok(response.map(|()| Body { conn: Some(self), framing, home, upload }))
     }
 
     /// Writes the encoded request head.
@@ -506,6 +509,14 @@ pub struct Body {
     framing: BodyFraming,
     /// Where the connection goes once the body is complete; `None` when it cannot be reused.
     home: Option<Checkin>,
+    /// The rest of a request body the backend answered before reading it all.
+    upload: Option<Box<Upload>>,
+}
+
+/// A request body still being written.
+struct Upload {
+    writer: BodyWriter,
+    body: RequestBody,
 }
 
 /// A connection after a 101: the upgraded protocol's bytes already read, and the stream.
@@ -549,6 +560,15 @@ impl Body {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(Ok(None));
             };
+            if let Some(upload) = &mut self.upload
+                && let Poll::Ready(written) = upload.writer.poll_write(cx, &mut conn.io, &mut upload.body)
+            {
+                // Written, or failed: either way the response is still read to its end.
+                if written.is_err() {
+                    tracing::debug!("the rest of a request body could not be sent after the response began");
+                }
+                self.upload = None;
+            }
             match &mut self.framing {
                 BodyFraming::Upgraded => return Poll::Ready(Ok(None)),
                 BodyFraming::Done | BodyFraming::Length(0) => {

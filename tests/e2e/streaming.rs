@@ -90,3 +90,21 @@ async fn half_a_gigabyte_streams_both_ways_in_bounded_memory() {
     eprintln!("gateway RSS: idle {} KiB, peak {} KiB, growth {growth_mib:.1} MiB for 2 x 512 MiB", idle_rss, peak_rss);
     assert!(growth_mib < 8.0, "streaming 512 MiB each way grew the gateway by {growth_mib:.1} MiB");
 }
+
+#[tokio::test]
+async fn a_backend_that_answers_while_it_reads_gets_the_whole_body_both_ways_at_once() {
+    // An echo: the backend's response head goes out at once, its body as the request body comes.
+    let backend =
+        Backend::start(|req| async move { http::Response::new(req.into_body().map_err(Into::into).boxed()) }).await;
+    let config =
+        format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"echo\"\n", upstream("echo", &[&backend]));
+    let gateway = Gateway::start(&config);
+    let mut client = Client::connect(gateway.addr()).await;
+    // Far more than the socket buffers hold, so the backend answers long before the upload ends.
+    let total = 16 * 1024 * 1024;
+    let upload = Request::post("/echo").header("host", "x").body(Generated::new(total).boxed()).unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(20), client.raw(upload)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed = tokio::time::timeout(std::time::Duration::from_secs(20), drain(response.into_body())).await;
+    assert_eq!(echoed.expect("the echo completes"), total);
+}

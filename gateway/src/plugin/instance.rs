@@ -89,7 +89,9 @@ pub struct LoadedPlugin {
     implemented: [AtomicBool; 3],
     /// `sluice_plugin_calls_total` by hook, then by outcome (ok, error, timeout).
     calls: [[Counter; 3]; 3],
-    idle: ThreadLocal<RefCell<Vec<Instance>>>,
+    /// Boxed: every call pops and pushes one, which then moves a pointer, not the instance.
+    #[expect(clippy::vec_box, reason = "an instance is moved out and back in on every hook call")]
+    idle: ThreadLocal<RefCell<Vec<Box<Instance>>>>,
     config_json: String,
     /// Keeps the epoch clock, and so this plugin's deadlines, running.
     _ticking: Ticking,
@@ -138,7 +140,7 @@ impl LoadedPlugin {
     }
 
     /// Creates an instance and runs `init`, as every new instance does.
-    fn instantiate(&self) -> Result<Instance, PluginFailure> {
+    fn instantiate(&self) -> Result<Box<Instance>, PluginFailure> {
         let host = HostState::new(self.name.clone(), self.state.clone(), self.config.memory_mb);
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
@@ -150,7 +152,7 @@ impl LoadedPlugin {
             .call_init(&mut store, &self.config_json)
             .map_err(|e| failure(&e, INIT_TIMEOUT))?
             .map_err(PluginFailure::Init)?;
-        Ok(Instance { store, plugin })
+        Ok(Box::new(Instance { store, plugin }))
     }
 
     /// Proves at load time that an instance can be created and initialised.

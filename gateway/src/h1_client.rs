@@ -540,9 +540,14 @@ impl Body {
     /// The body is complete: the connection goes home if it may be reused, and is closed if not.
     fn finish(&mut self) {
         self.framing = BodyFraming::Done;
-        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take())
+        if let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take())
             && conn.read.is_empty()
         {
+            // After a large body the (empty) buffer still holds its large allocation, shared with
+            // the frames in flight: an idle connection must not keep that alive.
+            if conn.read_size > FIRST_READ {
+                conn.read = BytesMut::new();
+            }
             home.release(conn);
         }
     }

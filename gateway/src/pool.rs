@@ -123,8 +123,13 @@ impl Checkin {
         if let Some(pool) = self.pool.upgrade() {
             let mut idle = pool.idle.borrow_mut();
             let list = idle.entry(self.key).or_default();
+            let now = Instant::now();
+            // The oldest idle connections are at the front: close those past their time, so a
+            // backend that is rarely used does not keep connections open for long.
+            let expired = list.iter().take_while(|(_, since)| now.duration_since(*since) >= IDLE_TTL).count();
+            list.drain(..expired);
             if list.len() < MAX_IDLE_PER_BACKEND {
-                list.push((connection, Instant::now()));
+                list.push((connection, now));
             }
         }
     }

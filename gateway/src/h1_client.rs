@@ -687,3 +687,53 @@ impl Drop for Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The framing and reuse a response head asks for.
+    fn framing_of(head: &str) -> Result<(String, bool), Error> {
+        let mut read = BytesMut::from(head);
+        let head = parse_head(&mut read)?.expect("a complete head");
+        Ok((format!("{:?}", head.framing), head.keep_alive))
+    }
+
+    #[test]
+    fn the_framing_and_reuse_of_a_response_follow_rfc_9112() {
+        let cases = [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "Length(5)", true),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "Length(5)", true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "Chunked(Size)", true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "Close", false),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n", "Chunked(Size)", false),
+            ("HTTP/1.1 200 OK\r\n\r\n", "Close", false),
+            ("HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", "Done", true),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", "Done", true),
+            ("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "Length(0)", false),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", "Length(2)", false),
+            ("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\n", "Length(2)", true),
+        ];
+        for (head, framing, reuse) in cases {
+            assert_eq!(framing_of(head).ok(), Some((framing.to_string(), reuse)), "{head:?}");
+        }
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\n\r\n",
+            "HTTP/1.1 2000 Huge\r\n\r\n",
+        ] {
+            assert!(framing_of(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_is_consumed_repeated_fields_kept_in_order_and_what_follows_left_unread() {
+        let mut read = BytesMut::from("HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody");
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nX-A: 1\r\n")).unwrap().is_none());
+        let head = parse_head(&mut read).unwrap().unwrap();
+        assert_eq!(&read[..], b"body");
+        let values: Vec<_> = head.response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+    }
+}

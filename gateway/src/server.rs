@@ -340,13 +340,29 @@ impl Connection {
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(Strict::new(stream)), service);
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = stopped.wait_for(|stop| *stop) => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        // The stop signal is one watch channel for the process, and polling it takes a lock that
+        // every connection of every worker shares: it is polled once, which leaves this task to be
+        // woken by it, and after that checked with an atomic load at each wake-up.
+        let signal = stopped.clone();
+        let stop = stopped.wait_for(|stop| *stop);
+        tokio::pin!(stop);
+        let (mut registered, mut draining) = (false, false);
+        let result = std::future::poll_fn(|cx| {
+            if !draining {
+                let stop_now = if registered {
+                    signal.has_changed().unwrap_or(true)
+                } else {
+                    registered = true;
+                    stop.as_mut().poll(cx).is_ready()
+                };
+                if stop_now {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
-        };
+            connection.as_mut().poll(cx)
+        })
+        .await;
         if let Err(e) = result {
             tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
         }

@@ -33,3 +33,24 @@ async fn sigterm_drains_a_request_in_flight_then_exits_zero() {
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "finished"));
     assert_eq!(gateway.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let backend = Backend::named("b").await;
+    // A drain deadline far past the test's patience: only closing idle connections ends it in time.
+    let config = format!(
+        "[server]\ndrain_timeout_ms = 60000\n\n{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"b\"\n",
+        upstream("b", &[&backend])
+    );
+    let mut gateway = Gateway::start(&config);
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut client = Client::connect(gateway.addr()).await;
+        assert_eq!(client.get("x", "/").await.status.as_u16(), 200);
+        idle.push(client);
+    }
+
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(Duration::from_secs(10)), Some(0));
+    drop(idle);
+}

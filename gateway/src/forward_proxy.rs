@@ -33,7 +33,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    let snapshot = worker.snapshots.load_full();
+    let snapshot = worker.snapshot();
     let access = snapshot.config.log.access.then(|| (request.method().clone(), request.uri().authority().cloned()));
     let response = match snapshot.listener(&downstream.listener).map(|l| &l.protocol) {
         Some(ListenerProtocol::Forward(config)) => match proxy(worker, &snapshot, config, downstream, request).await {

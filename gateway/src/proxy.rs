@@ -11,6 +11,7 @@
 //! failure is a [`ProxyError`] and becomes a response in one place ([`ProxyError::response`]).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -46,8 +47,31 @@ use crate::upstream::Upstream;
 pub struct Worker {
     /// The current snapshot; swapped by reloads.
     pub snapshots: Arc<ArcSwap<Snapshot>>,
+    /// The snapshot this worker's requests last used, shared among them without touching the
+    /// snapshot's process-wide reference count (a cache line every worker would write to).
+    #[expect(clippy::redundant_allocation, reason = "an Rc per worker in front of the shared Arc")]
+    current: RefCell<Rc<Arc<Snapshot>>>,
     /// This worker's upstream connections.
     pub pool: Rc<Pool>,
+}
+
+impl Worker {
+    /// A worker serving from `snapshots`.
+    pub fn new(snapshots: Arc<ArcSwap<Snapshot>>) -> Worker {
+        let current = RefCell::new(Rc::new(snapshots.load_full()));
+        Worker { snapshots, current, pool: Rc::new(Pool::default()) }
+    }
+
+    /// The current snapshot, for one request: it stays whole while the request runs, whatever
+    /// reloads do meanwhile.
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        let latest = self.snapshots.load();
+        let mut current = self.current.borrow_mut();
+        if !Arc::ptr_eq(&current, &latest) {
+            *current = Rc::new(arc_swap::Guard::into_inner(latest));
+        }
+        current.clone()
+    }
 }
 
 /// What is known about the client connection a request came on.
@@ -86,7 +110,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    let snapshot = worker.snapshots.load_full();
+    let snapshot = worker.snapshot();
     let log_access = snapshot.config.log.access;
     let method = log_access.then(|| request.method().clone());
     let uri = log_access.then(|| request.uri().clone());

@@ -35,7 +35,6 @@ use crate::l4;
 use crate::local::LocalExec;
 use crate::logging;
 use crate::metrics::METRICS;
-use crate::pool::Pool;
 use crate::proxy::{self, Downstream, Worker};
 use crate::snapshot::Snapshot;
 use crate::tls::{ServerTls, Stream, TlsFacts};
@@ -136,7 +135,7 @@ fn worker(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let worker = Rc::new(Worker { snapshots, pool: Rc::new(Pool::default()) });
+        let worker = Rc::new(Worker::new(snapshots));
         let connections = Rc::new(Connections::default());
         let builder = Rc::new(http_builder(&worker.snapshots.load().config.server.limits));
         let mut accepting: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();

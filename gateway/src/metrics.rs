@@ -1,13 +1,14 @@
 //! Prometheus metrics, served by the admin API at `/metrics`.
 //!
 //! One registry for the process, so counters keep counting across reloads. On the request path no
-//! lock is taken: each worker keeps the request counters it has used (a lookup by route name, then
-//! an atomic add), and the duration histogram is a row of atomics.
+//! lock is taken and no cache line is shared between workers: each worker keeps the request
+//! counters it has used (a lookup by route name), and the per-request counters and the duration
+//! histogram are split into a shard per worker thread, summed when scraped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -63,9 +64,9 @@ struct BackendLabels {
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, HotCounter>,
     duration: Durations,
-    plugin_calls: Family<PluginLabels, Counter>,
+    plugin_calls: Family<PluginLabels, HotCounter>,
     reloads: Family<ReloadLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
     tls_handshake_failures: Family<ListenerLabels, Counter>,
@@ -74,23 +75,78 @@ pub struct Metrics {
 }
 
 /// A worker's request counters of one route, by status.
-type ByStatus = Vec<(u16, Counter)>;
+type ByStatus = Vec<(u16, HotCounter)>;
 
-/// The request duration histogram (`sluice_request_duration_seconds`) without a lock: an
-/// observation adds to its bucket, the count and the sum, each an atomic. prometheus-client's own
-/// histogram takes a mutex for every observation, which every worker would contend for.
-#[derive(Debug, Clone, Default)]
-struct Durations(Arc<DurationCounts>);
+/// How many ways the per-request metrics are split: each worker thread adds to a shard of its own
+/// (its own cache line), so workers never write to the same line; a scrape sums the shards.
+const SHARDS: usize = 16;
 
-#[derive(Debug, Default)]
-struct DurationCounts {
-    /// Observations per bucket of [`DURATION_BOUNDS`], then the rest (+Inf): not cumulative.
-    buckets: [AtomicU64; DURATION_BUCKETS + 1],
-    /// The sum of the observations, in nanoseconds.
-    sum_nanos: AtomicU64,
+/// `N` counts, split by worker thread.
+#[derive(Debug)]
+struct Shards<const N: usize>(Box<[Shard<N>; SHARDS]>);
+
+/// One thread's counts, alone on their cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Default for Shards<N> {
+    fn default() -> Self {
+        Shards(Box::new(std::array::from_fn(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0))))))
+    }
 }
 
-/// The number of finite buckets: 0.1 ms up to ~9 min, each 2.5 times the one before.
+impl<const N: usize> Shards<N> {
+    /// Adds `n` to count `i` of this thread's shard.
+    fn add(&self, i: usize, n: u64) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        self.0[SHARD.with(|shard| *shard)].0[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Count `i` over every shard.
+    fn sum(&self, i: usize) -> u64 {
+        self.0.iter().map(|shard| shard.0[i].load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// A counter that workers add to without sharing a cache line: for those counted per request
+/// (`sluice_requests_total`, `sluice_plugin_calls_total`).
+#[derive(Debug, Clone, Default)]
+pub struct HotCounter(Arc<Shards<1>>);
+
+impl HotCounter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.add(0, 1);
+    }
+}
+
+impl TypedMetric for HotCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for HotCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.0.sum(0), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The request duration histogram (`sluice_request_duration_seconds`), sharded like
+/// [`HotCounter`]: an observation adds to its bucket and the sum. prometheus-client's own
+/// histogram takes a mutex for every observation, which every worker would contend for.
+#[derive(Debug, Clone, Default)]
+struct Durations(Arc<Shards<{ DURATION_BUCKETS + 2 }>>);
+
+/// The number of finite buckets: 0.1 ms up to ~9 min, each 2.5 times the one before. Counts
+/// `0..=DURATION_BUCKETS` of a shard are the buckets (the last is +Inf), not cumulative; the one
+/// after them is the sum of the observations in nanoseconds.
 const DURATION_BUCKETS: usize = 14;
 
 /// The upper bounds (seconds) of the finite buckets.
@@ -100,8 +156,8 @@ impl Durations {
     fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let bucket = DURATION_BOUNDS.iter().position(|&bound| seconds <= bound).unwrap_or(DURATION_BUCKETS);
-        self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.0.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.0.add(bucket, 1);
+        self.0.add(DURATION_BUCKETS + 1, elapsed.as_nanos() as u64);
     }
 }
 
@@ -112,10 +168,10 @@ impl TypedMetric for Durations {
 impl EncodeMetric for Durations {
     fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
         let bounds = DURATION_BOUNDS.iter().copied().chain([f64::INFINITY]);
-        let buckets: Vec<(f64, u64)> = bounds.zip(self.0.buckets.iter().map(|b| b.load(Ordering::Relaxed))).collect();
+        let buckets: Vec<(f64, u64)> = bounds.zip((0..=DURATION_BUCKETS).map(|i| self.0.sum(i))).collect();
         // The count is the buckets' sum, so the two always agree in one scrape.
         let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.0.sum(DURATION_BUCKETS + 1) as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -139,9 +195,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sluice");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, HotCounter>::default();
         let duration = Durations::default();
-        let plugin_calls = Family::<PluginLabels, Counter>::default();
+        let plugin_calls = Family::<PluginLabels, HotCounter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let backend_healthy = Family::<BackendLabels, Gauge>::default();
         let tls_handshake_failures = Family::<ListenerLabels, Counter>::default();
@@ -201,7 +257,7 @@ impl Metrics {
 
     /// The counter of a plugin's calls of `hook` that ended with `outcome` (`ok`, `error` or
     /// `timeout`); plugins keep it, so counting a call is one atomic add.
-    pub fn plugin_calls(&self, plugin: &Arc<str>, hook: &'static str, outcome: &'static str) -> Counter {
+    pub fn plugin_calls(&self, plugin: &Arc<str>, hook: &'static str, outcome: &'static str) -> HotCounter {
         self.plugin_calls.get_or_create(&PluginLabels { plugin: Name(plugin.clone()), hook, outcome }).clone()
     }
 
@@ -267,5 +323,24 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn counts_from_every_thread_add_up() {
+        let counter = HotCounter::default();
+        let durations = Durations::default();
+        std::thread::scope(|scope| {
+            for _ in 0..20 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        counter.inc();
+                        durations.observe(Duration::from_millis(1));
+                    }
+                });
+            }
+        });
+        assert_eq!(counter.0.sum(0), 20_000);
+        assert_eq!((0..=DURATION_BUCKETS).map(|i| durations.0.sum(i)).sum::<u64>(), 20_000);
+        assert_eq!(durations.0.sum(DURATION_BUCKETS + 1), 20_000 * 1_000_000);
     }
 }

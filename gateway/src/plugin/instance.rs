@@ -10,7 +10,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prometheus_client::metrics::counter::Counter;
 use thread_local::ThreadLocal;
 use wasmtime::{Engine, Store, Trap};
 
@@ -21,7 +20,7 @@ use super::host::HostState;
 use super::limits::{EPOCH_TICK, INIT_TIMEOUT, MAX_IDLE_PER_WORKER};
 use super::state::SharedState;
 use crate::config::{Isolation, PluginConfig};
-use crate::metrics::METRICS;
+use crate::metrics::{HotCounter, METRICS};
 
 /// The hooks, for bookkeeping of which ones a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +87,7 @@ pub struct LoadedPlugin {
     /// Cleared when the plugin answers `not-implemented`, so the hook is not called again.
     implemented: [AtomicBool; 3],
     /// `sluice_plugin_calls_total` by hook, then by outcome (ok, error, timeout).
-    calls: [[Counter; 3]; 3],
+    calls: [[HotCounter; 3]; 3],
     /// Boxed: every call pops and pushes one, which then moves a pointer, not the instance.
     #[expect(clippy::vec_box, reason = "an instance is moved out and back in on every hook call")]
     idle: ThreadLocal<RefCell<Vec<Box<Instance>>>>,

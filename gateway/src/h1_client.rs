@@ -140,6 +140,9 @@ impl Connection {
         })
         .await;
         let (head, body_sent) = head?;
+        // Likewise for the answer: the client is written to once this returns, and requests whose
+        // plugins run in this turn would otherwise spread those writes out, each waking the client.
+        tokio::task::yield_now().await;
         let Head { response, framing, keep_alive } = head;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if upgraded && !upgrade {

@@ -219,7 +219,9 @@ impl Connection {
 
 /// How far a failed head write got.
 enum Written {
+    /// Not a byte went out: the request may go elsewhere.
     Nothing(io::Error),
+    /// Some of it did, or the flush failed.
     Part(io::Error),
 }
 

@@ -280,8 +280,7 @@ impl Said {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.transfer_encoding = true;
             self.stop |= cut;
-            let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            self.chunked = last.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
+            self.chunked = ends_in_chunked(value);
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.stop = true;
         }
@@ -351,6 +350,11 @@ impl Chunk {
         }
         Some((used, false))
     }
+}
+
+/// Whether a `Transfer-Encoding` value ends in `chunked`: only then does chunked frame the body.
+pub fn ends_in_chunked(value: &[u8]) -> bool {
+    value.rsplit(|&b| b == b',').next().is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 
 use crate::body::{BoxError, RequestBody};
+use crate::forward;
+use crate::framing;
 use crate::pool::Checkin;
 use crate::tls::Stream;
 
@@ -423,7 +425,6 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Error> {
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut chunked = None;
-    let mut close = minor == 0;
     for span in &spans[..count] {
         let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
             .map_err(|_| Error::InvalidHead("invalid header name".into()))?;
@@ -437,25 +438,13 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Error> {
                 _ => return Err(Error::InvalidHead("invalid or conflicting Content-Length".into())),
             }
         } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding counts: chunked must come last to frame the body.
-            chunked = Some(
-                value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-            );
-        } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                    close = false;
-                }
-            }
+            chunked = Some(framing::ends_in_chunked(value.as_bytes()));
         }
         headers.append(name, value);
     }
+    // HTTP/1.1 keeps the connection unless told to close it; HTTP/1.0 closes it unless told not to.
+    let mut close =
+        forward::connection_has(&headers, "close") || (minor == 0 && !forward::connection_has(&headers, "keep-alive"));
     let framing = if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
     {
         BodyFraming::Done

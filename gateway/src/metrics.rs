@@ -97,13 +97,13 @@ impl<const N: usize> Default for Shards<N> {
 }
 
 impl<const N: usize> Shards<N> {
-    /// Adds `n` to count `i` of this thread's shard.
-    fn add(&self, i: usize, n: u64) {
+    /// This thread's shard.
+    fn mine(&self) -> &[AtomicU64; N] {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
             static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
         }
-        self.0[SHARD.with(|shard| *shard)].0[i].fetch_add(n, Ordering::Relaxed);
+        &self.0[SHARD.with(|shard| *shard)].0
     }
 
     /// Count `i` over every shard.
@@ -120,7 +120,7 @@ pub struct HotCounter(Arc<Shards<1>>);
 impl HotCounter {
     /// Adds one.
     pub fn inc(&self) {
-        self.0.add(0, 1);
+        self.0.mine()[0].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -150,14 +150,16 @@ struct Durations(Arc<Shards<{ DURATION_BUCKETS + 2 }>>);
 const DURATION_BUCKETS: usize = 14;
 
 /// The upper bounds (seconds) of the finite buckets.
-static DURATION_BOUNDS: LazyLock<Vec<f64>> = LazyLock::new(|| exponential_buckets(0.0001, 2.5, 14).collect());
+static DURATION_BOUNDS: LazyLock<Vec<f64>> =
+    LazyLock::new(|| exponential_buckets(0.0001, 2.5, DURATION_BUCKETS as u16).collect());
 
 impl Durations {
     fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let bucket = DURATION_BOUNDS.iter().position(|&bound| seconds <= bound).unwrap_or(DURATION_BUCKETS);
-        self.0.add(bucket, 1);
-        self.0.add(DURATION_BUCKETS + 1, elapsed.as_nanos() as u64);
+        let counts = self.0.mine();
+        counts[bucket].fetch_add(1, Ordering::Relaxed);
+        counts[DURATION_BUCKETS + 1].fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

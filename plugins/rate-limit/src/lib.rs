@@ -43,6 +43,8 @@ pub const LIMITED_BODY: &str = r#"{"error":"rate limit exceeded"}"#;
 pub struct RateLimit {
     /// Requests allowed per window.
     limit: u32,
+    /// `limit` as the `RateLimit-Limit` header and context value, written once.
+    limit_text: String,
     /// The window length.
     window_ms: u64,
     algorithm: Algorithm,
@@ -121,6 +123,7 @@ impl Plugin for RateLimit {
         }
         Ok(RateLimit {
             limit: settings.limit,
+            limit_text: settings.limit.to_string(),
             window_ms: settings.window_ms,
             algorithm: settings.algorithm,
             key: Key::parse(&settings.key)?,
@@ -132,24 +135,24 @@ impl Plugin for RateLimit {
         let Some(key) = self.key_of(req) else {
             return Action::Continue;
         };
-        let count = host::counter_incr(&key, 1, self.window_ms);
+        let count = host::counter_incr(key, 1, self.window_ms);
         let used = match self.algorithm {
             Algorithm::SlidingWindow => count.sliding(self.window_ms),
             Algorithm::FixedWindow => count.current,
         };
         let limit = i64::from(self.limit);
         if used <= limit {
-            stash(req, self.limit, limit - used.max(0), seconds(count.remaining_ms));
+            stash(req, &self.limit_text, limit - used.max(0), seconds(count.remaining_ms));
             return Action::Continue;
         }
         // A refused request does not count. (Should a window end between the two calls, this
         // takes one from the new window instead: one request too generous, at worst.)
-        host::counter_incr(&key, -1, self.window_ms);
+        host::counter_incr(key, -1, self.window_ms);
         let retry_after = seconds(self.wait_ms(count));
-        stash(req, self.limit, 0, retry_after);
+        stash(req, &self.limit_text, 0, retry_after);
         Action::respond(429)
             .header("retry-after", retry_after.to_string())
-            .header("ratelimit-limit", self.limit.to_string())
+            .header("ratelimit-limit", &self.limit_text)
             .header("ratelimit-remaining", "0")
             .header("ratelimit-reset", retry_after.to_string())
             .header("content-type", "application/json")
@@ -159,7 +162,7 @@ impl Plugin for RateLimit {
 
 impl RateLimit {
     /// The counter key of this request; `None` when it is not to be limited.
-    fn key_of(&self, req: &Request) -> Option<String> {
+    fn key_of<'r>(&self, req: &'r Request) -> Option<&'r str> {
         let value = match &self.key {
             Key::ClientIp => Some(req.client_ip()),
             Key::Route => Some(req.route()),
@@ -167,9 +170,9 @@ impl RateLimit {
             Key::Context(name) => req.context(name),
         };
         match value {
-            Some(value) => Some(value.to_owned()),
+            Some(value) => Some(value),
             None if self.skip_missing => None,
-            None => Some(String::new()),
+            None => Some(""),
         }
     }
 
@@ -211,17 +214,19 @@ fn seconds(ms: u64) -> u64 {
 }
 
 /// Sets the numbers as response headers and context entries, unless an earlier limiter of this
-/// request has fewer requests left.
-fn stash(req: &mut Request, limit: u32, remaining: i64, reset_s: u64) {
+/// request has fewer requests left. The numbers are written on the stack (`itoa`): this runs on
+/// every request, and `to_string` would cost an allocation and the formatting machinery each.
+fn stash(req: &mut Request, limit: &str, remaining: i64, reset_s: u64) {
     if req.context_as::<i64>(REMAINING_KEY).is_some_and(|theirs| theirs < remaining) {
         return;
     }
+    let (mut remaining_text, mut reset_text) = (itoa::Buffer::new(), itoa::Buffer::new());
     for (key, header, value) in [
-        (LIMIT_KEY, "ratelimit-limit", limit.to_string()),
-        (REMAINING_KEY, "ratelimit-remaining", remaining.to_string()),
-        (RESET_KEY, "ratelimit-reset", reset_s.to_string()),
+        (LIMIT_KEY, "ratelimit-limit", limit),
+        (REMAINING_KEY, "ratelimit-remaining", remaining_text.format(remaining)),
+        (RESET_KEY, "ratelimit-reset", reset_text.format(reset_s)),
     ] {
-        req.set_response_header(header, &value);
+        req.set_response_header(header, value);
         req.set_context(key, value);
     }
 }

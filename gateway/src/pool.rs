@@ -6,7 +6,9 @@
 //! their response body has been read to the end (see [`Checkin`]); HTTP/2 upstreams get one
 //! multiplexed hyper connection per backend and worker. A pooled HTTP/1.1 connection the backend
 //! closed meanwhile is detected on checkout, or when writing the request fails before a byte of it
-//! went out, and the request goes out on another connection.
+//! went out, and the request goes out on another connection. Once a second each worker also
+//! sweeps its pool ([`Pool::sweep`]): idle connections past their time or hung up on by their
+//! backend are closed there, so no socket waits half-closed for a request that may never come.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,6 +35,8 @@ use crate::upstream::BackendKey;
 const MAX_IDLE_PER_BACKEND: usize = 256;
 /// How long an idle HTTP/1.1 connection is kept before it is closed.
 const IDLE_TTL: Duration = Duration::from_secs(60);
+/// How often a worker looks over its idle connections (see [`Pool::sweep`]).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a request (or a relayed TCP connection) goes.
 pub struct Destination<'a> {
@@ -104,6 +108,12 @@ fn client_body(cause: &(dyn std::error::Error + 'static)) -> ProxyError {
 /// An idle HTTP/1.1 connection and when it went idle.
 type Idle = (h1_client::Connection, Instant);
 
+/// Whether an idle connection may still carry a request at `now`: fresh, and not closed by its
+/// backend.
+fn reusable((connection, since): &mut Idle, now: Instant) -> bool {
+    now.duration_since(*since) < IDLE_TTL && !connection.is_closed()
+}
+
 /// A worker's upstream connections.
 #[derive(Default)]
 pub struct Pool {
@@ -123,13 +133,8 @@ impl Checkin {
         if let Some(pool) = self.pool.upgrade() {
             let mut idle = pool.idle.borrow_mut();
             let list = idle.entry(self.key).or_default();
-            let now = Instant::now();
-            // The oldest idle connections are at the front: close those past their time, so a
-            // backend that is rarely used does not keep connections open for long.
-            let expired = list.iter().take_while(|(_, since)| now.duration_since(*since) >= IDLE_TTL).count();
-            list.drain(..expired);
             if list.len() < MAX_IDLE_PER_BACKEND {
-                list.push((connection, now));
+                list.push((connection, Instant::now()));
             }
         }
     }
@@ -211,9 +216,10 @@ impl Pool {
     fn take_idle(&self, key: BackendKey) -> Option<h1_client::Connection> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
-        while let Some((mut connection, since)) = list.pop() {
-            if since.elapsed() < IDLE_TTL && !connection.is_closed() {
-                return Some(connection);
+        let now = Instant::now();
+        while let Some(mut idle) = list.pop() {
+            if reusable(&mut idle, now) {
+                return Some(idle.0);
             }
         }
         None
@@ -221,6 +227,29 @@ impl Pool {
 
     fn checkin(self: &Rc<Self>, key: BackendKey) -> Checkin {
         Checkin { pool: Rc::downgrade(self), key }
+    }
+
+    /// Closes the idle connections that are past their time or that their backend closed, and
+    /// forgets the HTTP/2 connections that ended. Without it such a socket stays open (half-closed,
+    /// in CLOSE_WAIT, when the backend hung up) until the next request to that backend, which may
+    /// never come: a backend a reload removed is never asked again.
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.idle.borrow_mut().retain(|_, list| {
+            list.retain_mut(|idle| reusable(idle, now));
+            !list.is_empty()
+        });
+        self.multiplexed.borrow_mut().retain(|_, sender| !sender.is_closed());
+    }
+
+    /// Sweeps the pool every [`SWEEP_INTERVAL`] for as long as the worker runs.
+    pub async fn sweep_every_interval(self: Rc<Self>) {
+        let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.sweep();
+        }
     }
 }
 

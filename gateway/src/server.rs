@@ -136,6 +136,7 @@ fn worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker::new(snapshots));
+        tokio::task::spawn_local(worker.pool.clone().sweep_every_interval());
         let connections = Rc::new(Connections::default());
         let builder = Rc::new(http_builder(&worker.snapshots.load().config.server.limits));
         let mut accepting: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,7 +121,7 @@ async fn every_response_framing_is_read_to_its_end_and_the_connection_reused_whe
     // the next request goes out on a new connection, unharmed.
     let reply = client.get("a", "/bye").await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "bye"));
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let reply = client.get("a", "/plain").await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "plain"));
     assert_eq!(connections.load(Ordering::SeqCst), 6);
@@ -131,4 +132,61 @@ async fn every_response_framing_is_read_to_its_end_and_the_connection_reused_whe
     assert!(closed, "{reply}");
     let body = reply.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     assert!(body.len() < 100, "{reply}");
+}
+
+/// The gateway's end of the loopback connection from `gateway_side` to `backend`, as the kernel
+/// lists it in /proc/net/tcp: its state (hex, `08` is CLOSE_WAIT), or `None` once it is gone.
+fn socket_state(gateway_side: SocketAddr, backend: SocketAddr) -> Option<String> {
+    let hex = |addr: SocketAddr| match addr.ip() {
+        std::net::IpAddr::V4(ip) => format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), addr.port()),
+        std::net::IpAddr::V6(_) => unreachable!("the test binds 127.0.0.1"),
+    };
+    let (local, remote) = (hex(gateway_side), hex(backend));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp is readable");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| fields[3].to_string())
+    })
+}
+
+/// A backend that hangs up on a kept-alive connection while it idles: the gateway closes its end
+/// within a pool sweep, rather than leaving it half-closed until the next request to that
+/// backend (which, after a reload that removed the backend, never comes).
+#[tokio::test]
+async fn an_idle_connection_the_backend_hung_up_is_closed_without_waiting_for_a_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (peer_tx, peer_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, peer) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the gateway closed before sending its request");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+        // Let the gateway take the response and pool the connection, then hang up on it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(stream);
+        peer_tx.send(peer).unwrap();
+    });
+    let config = format!(
+        "{LISTENER}\n[[upstream]]\nname = \"u\"\nbackends = [\"{backend}\"]\n\n[[route]]\nname = \"r\"\nupstream = \"u\"\n"
+    );
+    let gateway = Gateway::start(&config);
+    let mut client = Client::connect(gateway.addr()).await;
+    let reply = client.get("a", "/").await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+
+    let gateway_side = peer_rx.await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut state = socket_state(gateway_side, backend);
+    while state.as_deref() == Some("08") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        state = socket_state(gateway_side, backend);
+    }
+    assert_ne!(state.as_deref(), Some("08"), "the gateway's end is still in CLOSE_WAIT after 5 s");
 }

@@ -169,11 +169,7 @@ impl RateLimit {
             Key::Header(name) => req.header_str(name),
             Key::Context(name) => req.context(name),
         };
-        match value {
-            Some(value) => Some(value),
-            None if self.skip_missing => None,
-            None => Some(""),
-        }
+        value.or((!self.skip_missing).then_some(""))
     }
 
     /// Milliseconds until one more request fits, from the counts a refused request saw (its

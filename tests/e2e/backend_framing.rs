@@ -69,13 +69,17 @@ async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, connections)
 }
 
+/// A gateway whose one route goes to `backend`.
+fn gateway_to(backend: SocketAddr) -> Gateway {
+    Gateway::start(&format!(
+        "{LISTENER}\n[[upstream]]\nname = \"u\"\nbackends = [\"{backend}\"]\n\n[[route]]\nname = \"r\"\nupstream = \"u\"\n"
+    ))
+}
+
 #[tokio::test]
 async fn every_response_framing_is_read_to_its_end_and_the_connection_reused_when_it_may_be() {
     let (backend, connections) = scripted_backend().await;
-    let config = format!(
-        "{LISTENER}\n[[upstream]]\nname = \"u\"\nbackends = [\"{backend}\"]\n\n[[route]]\nname = \"r\"\nupstream = \"u\"\n"
-    );
-    let gateway = Gateway::start(&config);
+    let gateway = gateway_to(backend);
     let mut client = Client::connect(gateway.addr()).await;
 
     // Chunked, with a chunk extension and a trailer section: the data, whole.
@@ -173,10 +177,7 @@ async fn an_idle_connection_the_backend_hung_up_is_closed_without_waiting_for_a_
         drop(stream);
         peer_tx.send(peer).unwrap();
     });
-    let config = format!(
-        "{LISTENER}\n[[upstream]]\nname = \"u\"\nbackends = [\"{backend}\"]\n\n[[route]]\nname = \"r\"\nupstream = \"u\"\n"
-    );
-    let gateway = Gateway::start(&config);
+    let gateway = gateway_to(backend);
     let mut client = Client::connect(gateway.addr()).await;
     let reply = client.get("a", "/").await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));

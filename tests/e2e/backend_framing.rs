@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
 
@@ -34,6 +34,23 @@ fn script(path: &str) -> (&'static str, bool) {
     }
 }
 
+/// The next request head from `stream`, taken off the front of `buffer` (which keeps what was
+/// read past it); `None` once the stream ends or fails.
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
+            buffer.drain(..end + 4);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A backend that answers each request head by [`script`]; counts the connections it accepted.
 async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -46,17 +63,7 @@ async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
-                loop {
-                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-                    buffer.drain(..end);
+                while let Some(head) = read_head(&mut stream, &mut buffer).await {
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     let (response, close) = script(&path);
                     if stream.write_all(response.as_bytes()).await.is_err() || close {
@@ -164,13 +171,8 @@ async fn an_idle_connection_the_backend_hung_up_is_closed_without_waiting_for_a_
     let (peer_tx, peer_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut stream, peer) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the gateway closed before sending its request");
-            head.extend_from_slice(&chunk[..n]);
-        }
+        let head = read_head(&mut stream, &mut Vec::new()).await;
+        assert!(head.is_some(), "the gateway closed before sending its request");
         stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
         // Let the gateway take the response and pool the connection, then hang up on it.
         tokio::time::sleep(Duration::from_millis(200)).await;

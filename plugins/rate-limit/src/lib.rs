@@ -150,11 +150,12 @@ impl Plugin for RateLimit {
         host::counter_incr(key, -1, self.window_ms);
         let retry_after = seconds(self.wait_ms(count));
         stash(req, &self.limit_text, 0, retry_after);
+        let retry_after = retry_after.to_string();
         Action::respond(429)
-            .header("retry-after", retry_after.to_string())
+            .header("retry-after", &retry_after)
             .header("ratelimit-limit", &self.limit_text)
             .header("ratelimit-remaining", "0")
-            .header("ratelimit-reset", retry_after.to_string())
+            .header("ratelimit-reset", retry_after)
             .header("content-type", "application/json")
             .body(LIMITED_BODY)
     }

@@ -147,7 +147,7 @@ async fn proxy<'s>(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // Phase: route.
     let uri = request.uri().clone();
-    let host = request_host(&request);
+    let host = request_host(&request)?;
     let normalized = path::normalize(uri.path());
     let route_index = snapshot
         .router
@@ -234,6 +234,9 @@ async fn forward_to_backend<'s>(
             parts.headers.remove(header::HOST);
         }
     }
+    // Only an HTTP/1.0 client may leave Host out; the backend, spoken to in HTTP/1.1, must get one.
+    let host_from_backend =
+        upstream.config.protocol == UpstreamProtocol::Http1 && !parts.headers.contains_key(header::HOST);
     let mut request = Request::from_parts(parts, RequestBody::new(body, route.idle_timeout, route.max_body_bytes));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
@@ -265,6 +268,9 @@ async fn forward_to_backend<'s>(
         let lease = pick_backend(snapshot, upstream, &selecting, &failed)?;
         let backend = &upstream.backends[lease.index()];
         trace.backend = Some(&backend.config.address);
+        if host_from_backend && let Ok(address) = HeaderValue::from_str(&backend.config.address) {
+            request.headers_mut().insert(header::HOST, address);
+        }
         let addrs = backend.addrs();
         let destination = backend.destination(&addrs, upstream.config.protocol, route.connect_timeout);
         let failure = match tokio::time::timeout(route.timeout, worker.pool.send(&destination, request)).await {
@@ -353,10 +359,18 @@ impl Replay {
 }
 
 /// The host the client asked for: the Host header, or the authority of an HTTP/2 request.
-fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
-    match request.headers().get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+///
+/// An HTTP/1.1 request without Host and any request with more than one are refused, as RFC 9112
+/// §3.2 requires: with two, the route would be chosen by one and a backend might read the other.
+fn request_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("the request has more than one Host header")),
+        (Some(host), None) => Ok(Some(host.clone())),
+        (None, _) if request.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("an HTTP/1.1 request must have a Host header"))
+        }
+        (None, _) => Ok(request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
     }
 }
 

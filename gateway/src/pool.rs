@@ -186,25 +186,14 @@ impl Pool {
         let existing = self.multiplexed.borrow().get(&target.key).filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(sender) => sender,
-            None => {
-                let stream = match connect(target).await {
-                    Ok(stream) => stream,
-                    Err(error) => return Err(Failure { error, unsent: Some(request) }),
-                };
-                let handshake =
-                    http2::Builder::new(LocalExec).timer(TokioTimer::new()).handshake(TokioIo::new(stream)).await;
-                let (sender, connection) = match handshake {
-                    Ok(handshake) => handshake,
-                    Err(e) => return Err(Failure::http2(target, e, Some(request))),
-                };
-                tokio::task::spawn_local(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-                    }
-                });
-                self.multiplexed.borrow_mut().insert(target.key, sender.clone());
-                sender
-            }
+            // Boxed, like `connect`, so that requests on an open connection do not carry it.
+            None => match Box::pin(open_http2(target)).await {
+                Ok(sender) => {
+                    self.multiplexed.borrow_mut().insert(target.key, sender.clone());
+                    sender
+                }
+                Err(error) => return Err(Failure { error, unsent: Some(request) }),
+            },
         };
         if let Err(e) = sender.ready().await {
             return Err(Failure::http2(target, e, Some(request)));
@@ -253,9 +242,30 @@ impl Pool {
     }
 }
 
+/// Opens a multiplexed HTTP/2 connection to the target, its connection driven by a task of its own.
+async fn open_http2(target: &Destination<'_>) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+    let stream = connect(target).await?;
+    let handshake = http2::Builder::new(LocalExec).timer(TokioTimer::new()).handshake(TokioIo::new(stream)).await;
+    let (sender, connection) = handshake.map_err(|e| Failure::http2(target, e, None).error)?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 /// Connects to the first of the target's addresses that accepts, then opens TLS when the target
 /// has it, all within the connect timeout.
+///
+/// The work is boxed: a future is as large as everything it may await, and the TCP connect and
+/// TLS handshake futures would otherwise be carried (and copied, at every level of the request's
+/// future on every request) by callers that almost always find a pooled connection.
 pub async fn connect(target: &Destination<'_>) -> Result<Stream, ProxyError> {
+    Box::pin(connect_within_timeout(target)).await
+}
+
+async fn connect_within_timeout(target: &Destination<'_>) -> Result<Stream, ProxyError> {
     let attempt = async {
         let mut last_error = None;
         for addr in target.addrs {

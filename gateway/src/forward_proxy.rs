@@ -77,6 +77,10 @@ async fn proxy(
     let authority = uri.authority().cloned().ok_or(ProxyError::BadRequest(
         "a proxy request needs an absolute URI (http://host/path) or CONNECT host:port",
     ))?;
+    // RFC 9110 §4.2.4: userinfo in a URI is an error; it would also reach the target in Host.
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest("a proxy request's URI must not carry user:password@"));
+    }
     if !connect && uri.scheme() != Some(&Scheme::HTTP) {
         return Err(ProxyError::BadRequest("only http:// URIs are proxied; https goes through CONNECT"));
     }

@@ -55,6 +55,15 @@ async fn absolute_form_requests_and_connect_tunnels_reach_their_targets() {
     let reply = get(proxy, "example.test", "/").await;
     assert_eq!(reply.status.as_u16(), 400);
     assert!(reply.body.contains("a proxy request needs an absolute URI"), "{}", reply.body);
+
+    // userinfo in the URI (curl would move it to Authorization, so on a raw socket).
+    let before = target.seen().len();
+    let request =
+        format!("GET http://user:secret@{0}/ HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n", target.addr);
+    let (reply, _) = raw_exchange(proxy, request.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    assert!(reply.ends_with("{\"error\":\"a proxy request's URI must not carry user:password@\"}"), "{reply}");
+    assert_eq!(target.seen().len(), before);
 }
 
 #[tokio::test]

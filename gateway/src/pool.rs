@@ -259,8 +259,8 @@ async fn open_http2(target: &Destination<'_>) -> Result<http2::SendRequest<Reque
 /// has it, all within the connect timeout.
 ///
 /// The work is boxed: a future is as large as everything it may await, and the TCP connect and
-/// TLS handshake futures would otherwise be carried (and copied, at every level of the request's
-/// future on every request) by callers that almost always find a pooled connection.
+/// TLS handshake futures would otherwise enlarge the future of every request, though almost
+/// every request finds a pooled connection.
 pub async fn connect(target: &Destination<'_>) -> Result<Stream, ProxyError> {
     Box::pin(connect_within_timeout(target)).await
 }

@@ -79,14 +79,18 @@ async fn two_hosts_or_none_in_http_1_1_get_400_and_http_1_0_without_one_reaches_
     let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n", upstream("u", &[&backend]));
     let gateway = Gateway::start(&config);
     let cases = [
-        ("two Host headers", "GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"),
-        ("HTTP/1.1 without Host", "GET /none HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        (
+            "GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            r#"{"error":"the request has more than one Host header"}"#,
+        ),
+        (
+            "GET /none HTTP/1.1\r\nConnection: close\r\n\r\n",
+            r#"{"error":"an HTTP/1.1 request must have a Host header"}"#,
+        ),
     ];
-    for (name, request) in cases {
+    for (request, error) in cases {
         let (reply, _) = raw_exchange(gateway.addr(), request.as_bytes()).await;
-        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{name}: {reply}");
-        let (_, body) = reply.split_once("\r\n\r\n").unwrap();
-        assert!(body.starts_with("{\"error\":\"") && body.contains("Host header"), "{name}: {body}");
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n") && reply.ends_with(error), "{request}: {reply}");
     }
     assert!(backend.seen().is_empty(), "forwarded: {:?}", backend.seen());
 

@@ -72,6 +72,8 @@ pub struct Metrics {
     tls_handshake_failures: Family<ListenerLabels, Counter>,
     tcp_connections: Family<ListenerLabels, Counter>,
     tcp_active: Family<ListenerLabels, Gauge>,
+    state_counters: Gauge,
+    state_values: Gauge,
 }
 
 /// A worker's request counters of one route, by status.
@@ -221,6 +223,17 @@ impl Metrics {
         );
         registry.register("tcp_connections", "Connections accepted by tcp listeners", tcp_connections.clone());
         registry.register("tcp_connections_active", "Connections tcp listeners are relaying now", tcp_active.clone());
+        let (state_counters, state_values) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "plugin_state_counters",
+            "Windowed counters plugins keep, after the last sweep of those whose windows ended",
+            state_counters.clone(),
+        );
+        registry.register(
+            "plugin_state_values",
+            "Values plugins stored, after the last sweep of those that expired",
+            state_values.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -231,6 +244,8 @@ impl Metrics {
             tls_handshake_failures,
             tcp_connections,
             tcp_active,
+            state_counters,
+            state_values,
         }
     }
 
@@ -287,6 +302,12 @@ impl Metrics {
         let active = self.tcp_active.get_or_create(&labels).clone();
         active.inc();
         Active(active)
+    }
+
+    /// Records how many entries the plugins' shared state holds.
+    pub fn plugin_state(&self, entries: crate::plugin::state::Entries) {
+        self.state_counters.set(entries.counters as i64);
+        self.state_values.set(entries.values as i64);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -244,3 +244,34 @@ async fn rate_limit_is_shared_by_every_worker() {
     assert_eq!(refused, 20);
     assert_eq!(backend.seen().len(), 10);
 }
+
+#[tokio::test]
+async fn rate_limit_counters_are_forgotten_once_their_windows_have_ended() {
+    let backend = Backend::named("backend").await;
+    let limiter = plugin("limit", "rate_limit", "limit = 1\nwindow_ms = 2000\nkey = \"header:x-client\"");
+    let gateway = gateway(&[limiter], &["limit"], &backend);
+    let mut client = Client::connect(gateway.addr()).await;
+    let client_0 = || get_with("/", &[("x-client", "client-0")]);
+    for i in 0..20 {
+        let reply = client.send(get_with("/", &[("x-client", &format!("client-{i}"))])).await;
+        assert_eq!(reply.status.as_u16(), 200);
+    }
+    assert_eq!(client.send(client_0()).await.status.as_u16(), 429);
+
+    // A counter is read for two windows (the current one, then as the previous one); the gateway
+    // sweeps once a second and reports what it keeps.
+    let counters = async |count: usize| {
+        let line = format!("\nsluice_plugin_state_counters {count}\n");
+        for _ in 0..200 {
+            if get(gateway.admin(), "admin", "/metrics").await.body.contains(&line) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the metrics never read {line:?}");
+    };
+    counters(20).await;
+    counters(0).await;
+    assert_eq!(client.send(client_0()).await.status.as_u16(), 200, "a forgotten counter starts from zero");
+    assert_eq!(client.send(client_0()).await.status.as_u16(), 429, "and limits again");
+}

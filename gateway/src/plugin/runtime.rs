@@ -19,7 +19,7 @@ use super::clock::EpochClock;
 use super::host::HostState;
 use super::instance::LoadedPlugin;
 use super::limits::{MAX_INSTANCES, MAX_MEMORY_MB};
-use super::state::{InMemoryState, SharedState};
+use super::state::{self, InMemoryState, SharedState};
 use crate::config::PluginConfig;
 
 /// The contract this gateway implements; plugins must export its `hooks` at the same major.minor.
@@ -50,13 +50,10 @@ impl PluginRuntime {
         config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
         let clock = EpochClock::start(&engine)?;
-        Ok(PluginRuntime {
-            engine,
-            clock,
-            state: Arc::new(InMemoryState::default()),
-            cache_dir: cache_dir(),
-            compiled: Arc::default(),
-        })
+        let state = Arc::new(InMemoryState::default());
+        state::sweep_every_interval(Arc::downgrade(&state))
+            .map_err(|e| anyhow::anyhow!("cannot start the thread that sweeps plugin state: {e}"))?;
+        Ok(PluginRuntime { engine, clock, state, cache_dir: cache_dir(), compiled: Arc::default() })
     }
 
     /// Loads the plugin `config` names: read, compile (or take from the cache), check the

@@ -6,11 +6,21 @@
 //! implement the same trait. Hook calls are synchronous, so such a backend answers from local
 //! state and synchronises in the background, and every method may fail: a failure reaches the
 //! plugin as an absent value or a failed swap rather than stalling the request.
+//!
+//! The in-memory backend forgets, once a second on a thread of its own, the counters whose windows
+//! have both ended and the values past their expiry ([`InMemoryState::sweep`]): a limit keyed by
+//! client address would otherwise keep a counter for every address it ever saw, and a big sweep
+//! on a worker would hold up its requests.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+
+use crate::metrics::METRICS;
+
+/// How often the in-memory state is swept (see [`InMemoryState::sweep`]).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The counts of a windowed counter after an increment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +61,22 @@ struct Counter {
     previous: i64,
 }
 
+impl Counter {
+    /// Whether both of the counter's windows have ended at `now`: it then reads as a new one.
+    fn spent(&self, now: u64) -> bool {
+        self.window_start.saturating_add(self.window_ms.saturating_mul(2)) <= now
+    }
+}
+
+/// How many entries a state holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entries {
+    /// Windowed counters.
+    pub counters: usize,
+    /// Stored values.
+    pub values: usize,
+}
+
 /// A stored value and when it expires (ms since the epoch; 0 never).
 struct Entry {
     value: String,
@@ -84,6 +110,34 @@ impl InMemoryState {
         let space = self.counters.entry(namespace.to_string()).or_default();
         f(&space.entry(key.to_string()).or_default())
     }
+}
+
+impl InMemoryState {
+    /// Forgets the counters whose current and previous windows have both ended (an increment would
+    /// start them from zero anyway) and the values past their expiry; returns what is left.
+    pub fn sweep(&self) -> Entries {
+        let now = self.now_ms();
+        let mut counters = 0;
+        for space in self.counters.iter() {
+            space.retain(|_, counter| !counter.get_mut().unwrap_or_else(|e| e.into_inner()).spent(now));
+            counters += space.len();
+        }
+        self.values.retain(|_, entry| live(entry, now));
+        Entries { counters, values: self.values.len() }
+    }
+}
+
+/// Sweeps `state` every [`SWEEP_INTERVAL`] on a thread of its own, publishing what is left in the
+/// metrics, until the state is dropped.
+pub fn sweep_every_interval(state: Weak<InMemoryState>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("sluice-state".into()).spawn(move || {
+        loop {
+            std::thread::sleep(SWEEP_INTERVAL);
+            let Some(state) = state.upgrade() else { return };
+            METRICS.plugin_state(state.sweep());
+        }
+    })?;
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -201,6 +255,26 @@ mod tests {
         assert_eq!(count.remaining, Duration::from_millis(750));
         NOW.set(15_000);
         assert_eq!(state.counter_incr("p", "k", 1, second).previous, 0, "a gap forgets the old window");
+    }
+
+    #[test]
+    fn a_sweep_forgets_counters_whose_windows_ended_and_expired_values() {
+        let state = state_at(10_000);
+        let second = Duration::from_secs(1);
+        for key in ["a", "b", "c"] {
+            state.counter_incr("p", key, 1, second);
+        }
+        state.counter_incr("q", "long", 1, Duration::from_secs(60));
+        state.kv_set("p", "short", "1".into(), Duration::from_millis(500));
+        state.kv_set("p", "forever", "1".into(), Duration::ZERO);
+        assert_eq!(state.sweep(), Entries { counters: 4, values: 2 });
+        NOW.set(11_999);
+        state.counter_incr("p", "b", 1, second);
+        assert_eq!(state.sweep(), Entries { counters: 4, values: 1 }, "a and c still hold the previous window");
+        NOW.set(12_000);
+        assert_eq!(state.sweep(), Entries { counters: 2, values: 1 }, "b counted in the window before 12 s");
+        let count = state.counter_incr("p", "a", 1, second);
+        assert_eq!((count.current, count.previous), (1, 0), "a forgotten counter starts again from zero");
     }
 
     #[test]

@@ -297,12 +297,14 @@ fn compiled_plugins_are_cached_on_disk_by_content() {
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     };
+    // By name and inode: a file compiled again would be written anew and renamed into place.
     let cached = || {
+        use std::os::unix::fs::MetadataExt;
         let mut files: Vec<_> = std::fs::read_dir(&cache)
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.file_name().into_string().unwrap(), e.metadata().unwrap().modified().unwrap())
+                (e.file_name().into_string().unwrap(), e.metadata().unwrap().ino())
             })
             .collect();
         files.sort();
@@ -325,4 +327,63 @@ fn compiled_plugins_are_cached_on_disk_by_content() {
         .output()
         .unwrap();
     assert_eq!(cached().len(), 2, "another component is compiled and cached under its own hash");
+}
+
+/// The disk cache keeps the 32 most recently used compiled plugins and drops older ones, and
+/// writes that died, when it grows; files it did not name itself are left alone.
+#[test]
+fn the_plugin_cache_keeps_the_most_recently_used_files_and_only_touches_its_own() {
+    let dir = TempDir::new();
+    let cache = dir.0.join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let now = std::time::SystemTime::now();
+    let age = |path: &std::path::Path, ago: Duration| {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(now - ago).unwrap();
+    };
+    // 40 plugins compiled by other versions, the newest a day ago, then a minute older each.
+    let old = |i: u64| cache.join(format!("{i:064x}-{:016x}.cwasm", 7));
+    for i in 0..40 {
+        std::fs::write(old(i), "old").unwrap();
+        age(&old(i), Duration::from_secs(86_400 + 60 * i));
+    }
+    let (dead_write, live_write) = (cache.join(format!("{:064x}.1.tmp", 1)), cache.join(format!("{:064x}.2.tmp", 2)));
+    for (path, ago) in [(&dead_write, 7200), (&live_write, 1)] {
+        std::fs::write(path, "partial").unwrap();
+        age(path, Duration::from_secs(ago));
+    }
+    let foreign = [cache.join("notes.txt"), cache.join("other.cwasm")];
+    for path in &foreign {
+        std::fs::write(path, "not the cache's").unwrap();
+        age(path, Duration::from_secs(86_400 * 30));
+    }
+
+    let check = |plugins: &str| {
+        let config = dir.write("gateway.toml", &format!("{LISTENER}\n{plugins}"));
+        std::process::Command::new(SLUICE).args(["check", "-c"]).arg(&config).env("SLUICE_CACHE_DIR", &cache).output()
+    };
+    let compiled = || -> Vec<String> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.len() > 64 && name.ends_with(".cwasm"))
+            .collect()
+    };
+    let testkit = testkit("t", "tag", "");
+    let output = check(&testkit).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let before = compiled();
+    assert_eq!(before.len(), 32);
+    assert!((0..31).all(|i| old(i).exists()), "the 31 most recent old files stay beside the new one");
+    assert!((31..40).all(|i| !old(i).exists()), "the oldest go");
+    assert!(!dead_write.exists() && live_write.exists(), "a write that died an hour ago goes, not one in progress");
+    assert!(foreign.iter().all(|path| path.exists()), "files the cache did not name stay");
+
+    // A file that is loaded counts as recently used, however old it is: with testkit's file made
+    // the oldest of all, loading testkit then compiling another plugin drops an old file instead.
+    let testkit_file = cache.join(before.iter().find(|name| !name.starts_with("000000")).unwrap());
+    age(&testkit_file, Duration::from_secs(86_400 * 60));
+    let other = format!("[[plugin]]\nname = \"i\"\npath = \"{}\"\n", plugin_wasm("incompatible").display());
+    check(&format!("{testkit}\n{other}")).unwrap();
+    assert_eq!(compiled().len(), 32);
+    assert!(testkit_file.exists() && !old(30).exists(), "the oldest unused file went, not the one just loaded");
 }

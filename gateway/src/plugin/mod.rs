@@ -8,6 +8,7 @@
 pub mod bindings;
 pub mod chain;
 mod clock;
+mod disk_cache;
 pub mod fields;
 mod host;
 mod instance;

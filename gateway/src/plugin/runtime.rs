@@ -1,13 +1,11 @@
 //! The plugin factory: one wasmtime engine for the process, compiling each plugin once.
 //!
-//! Compiled code is cached on disk by the SHA-256 of the Wasm file (and the engine's
-//! compatibility hash), so a restart or a reload that did not change a plugin does not compile it
-//! again. Loading also proves the plugin usable before it can serve: the contract version is
+//! Compiled code is cached by the SHA-256 of the Wasm file, in memory for reloads and on disk
+//! ([`DiskCache`]) for restarts, so an unchanged plugin is not compiled again. Loading also proves the plugin usable before it can serve: the contract version is
 //! checked and one instance runs `init`, so a plugin whose init fails is refused at load with its
 //! own message.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -16,6 +14,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::PluginPre;
 use super::clock::EpochClock;
+use super::disk_cache::DiskCache;
 use super::host::HostState;
 use super::instance::LoadedPlugin;
 use super::limits::{MAX_INSTANCES, MAX_MEMORY_MB};
@@ -31,7 +30,7 @@ pub struct PluginRuntime {
     engine: Engine,
     clock: EpochClock,
     state: Arc<dyn SharedState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<DiskCache>,
     /// Components by the SHA-256 of their Wasm, so a reload compiles only what changed.
     compiled: Arc<Mutex<HashMap<String, Component>>>,
 }
@@ -53,7 +52,7 @@ impl PluginRuntime {
         let state = Arc::new(InMemoryState::default());
         state::sweep_every_interval(Arc::downgrade(&state))
             .map_err(|e| anyhow::anyhow!("cannot start the thread that sweeps plugin state: {e}"))?;
-        Ok(PluginRuntime { engine, clock, state, cache_dir: cache_dir(), compiled: Arc::default() })
+        Ok(PluginRuntime { engine, clock, state, cache: DiskCache::open(), compiled: Arc::default() })
     }
 
     /// Loads the plugin `config` names: read, compile (or take from the cache), check the
@@ -70,8 +69,11 @@ impl PluginRuntime {
         let component = match known {
             Some(component) => component,
             None => {
-                let component =
-                    self.compile(&wasm, &sha256).map_err(|e| fail(format!("not a valid Wasm component: {e}")))?;
+                let component = match &self.cache {
+                    Some(cache) => cache.component(&self.engine, &wasm, &sha256),
+                    None => Component::new(&self.engine, &wasm),
+                }
+                .map_err(|e| fail(format!("not a valid Wasm component: {e}")))?;
                 self.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(sha256.clone(), component.clone());
                 component
             }
@@ -95,34 +97,6 @@ impl PluginRuntime {
     /// Forgets compiled components other than `kept` (by SHA-256), once a reload no longer needs them.
     pub fn retain_compiled(&self, kept: &[&str]) {
         self.compiled.lock().unwrap_or_else(|e| e.into_inner()).retain(|sha, _| kept.contains(&sha.as_str()));
-    }
-
-    /// Compiles `wasm`, or loads the code compiled for the same bytes from the disk cache.
-    fn compile(&self, wasm: &[u8], sha256: &str) -> wasmtime::Result<Component> {
-        let Some(dir) = &self.cache_dir else { return Component::new(&self.engine, wasm) };
-        let compat = {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            self.engine.precompile_compatibility_hash().hash(&mut hasher);
-            hasher.finish()
-        };
-        let cached = dir.join(format!("{sha256}-{compat:016x}.cwasm"));
-        if cached.exists() {
-            // SAFETY: the file was written by `precompile_component` below into a directory only
-            // this user can write (see `cache_dir`), and wasmtime checks that it was compiled
-            // by a compatible engine.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "ignoring an unusable cached plugin"),
-            }
-        }
-        let code = self.engine.precompile_component(wasm)?;
-        let temporary = dir.join(format!("{sha256}.{}.tmp", std::process::id()));
-        if std::fs::write(&temporary, &code).and_then(|()| std::fs::rename(&temporary, &cached)).is_err() {
-            tracing::warn!(dir = %dir.display(), "cannot write the plugin cache; plugins will be compiled at every start");
-        }
-        // SAFETY: `code` was produced by this engine just now.
-        unsafe { Component::deserialize(&self.engine, &code) }
     }
 }
 
@@ -152,32 +126,6 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> 
             if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
         )),
     }
-}
-
-/// Where compiled plugins are cached: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice` or
-/// `~/.cache/sluice`; created private to this user. None (no cache) if it cannot be.
-fn cache_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from).or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
-            .map(|base| base.join("sluice"))
-    })?;
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
-    let meta = std::fs::metadata(&dir).ok()?;
-    // SAFETY: getuid has no preconditions.
-    let private = meta.is_dir() && meta.uid() == unsafe { getuid() } && meta.permissions().mode() & 0o022 == 0;
-    if !private {
-        tracing::warn!(dir = %dir.display(), "the plugin cache directory is not private to this user; not caching");
-        return None;
-    }
-    Some(dir)
-}
-
-unsafe extern "C" {
-    /// The C library's `getuid(2)`.
-    fn getuid() -> u32;
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -7,30 +7,37 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::control::Control;
 use crate::metrics::METRICS;
+use crate::server;
+
+/// How long a client has to send a request head, as on the gateway's own listeners by default.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, control: Arc<Control>, token: Option<String>) {
     let token: Option<Arc<str>> = token.map(Arc::from);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let (control, token) = (control.clone(), token.clone());
+        let (stream, _) = server::next_connection(&listener, "admin").await;
+        let (control, token, http) = (control.clone(), token.clone(), http.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let (control, token) = (control.clone(), token.clone());
                 async move { Ok::<_, Infallible>(answer(&control, token.as_deref(), request).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -42,7 +49,7 @@ async fn answer(control: &Control, token: Option<&str>, request: Request<Incomin
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token) {
+        if !presented.is_some_and(|presented| same_in_constant_time(presented.as_bytes(), token.as_bytes())) {
             let mut response =
                 json(StatusCode::UNAUTHORIZED, &serde_json::json!({ "error": "a bearer token is required" }));
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
@@ -89,4 +96,11 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response
+}
+
+/// Whether `a` equals `b`, in a time that depends on their lengths only: the token is not
+/// guessed a byte at a time from how fast a wrong one is refused.
+fn same_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && std::hint::black_box(difference) == 0
 }

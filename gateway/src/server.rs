@@ -218,6 +218,34 @@ fn http_builder(limits: &ClientLimits) -> auto::Builder<LocalExec> {
 /// The number of request header fields hyper accepts when not told otherwise.
 const HYPER_MAX_HEADERS: usize = 100;
 
+/// How long a listener waits after a failed accept before it tries again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(20);
+
+/// The next connection on `listener` (named `name` in logs). An accept that fails (out of file
+/// descriptors, most likely: the connection stays in the backlog and the next accept fails alike)
+/// is tried again every [`ACCEPT_RETRY`] instead of in a busy loop; a run of failures is logged
+/// when it starts and when it ends.
+pub async fn next_connection(listener: &tokio::net::TcpListener, name: &str) -> (tokio::net::TcpStream, SocketAddr) {
+    let mut failures = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                if failures > 0 {
+                    tracing::warn!(listener = name, failures, "accepting connections again");
+                }
+                return accepted;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(listener = name, error = %e, "accept failed; trying again every {} ms", ACCEPT_RETRY.as_millis());
+                }
+                failures += 1;
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
+
 /// Open client connections per listener name, across workers, for `max_connections`.
 fn open_connections(listener: &str) -> Arc<AtomicUsize> {
     static OPEN: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<AtomicUsize>>>> =
@@ -238,15 +266,7 @@ async fn accept(
     let open = open_connections(&name);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+            accepted = next_connection(&listener, &name) => accepted,
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         // The listener as the current snapshot has it: a reload may change its protocol or limit.

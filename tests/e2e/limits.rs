@@ -109,6 +109,47 @@ async fn connections_past_max_connections_are_closed_at_once() {
     assert!(answered, "a connection is accepted again once one closed");
 }
 
+/// The CPU time the process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_listeners_wait_instead_of_spinning_and_recover() {
+    let backend = Backend::named("b").await;
+    let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n", upstream("u", &[&backend]));
+    let gateway = Gateway::start_with_open_files(&config, 48);
+
+    // Connections to the admin API and the listener until no descriptor is left: the rest wait in
+    // the backlog, and every accept fails (EMFILE) until some close.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(tokio::net::TcpStream::connect(gateway.admin()).await.unwrap());
+        held.push(tokio::net::TcpStream::connect(gateway.addr()).await.unwrap());
+    }
+    let log = gateway.wait_for_log("accept failed");
+    assert!(log.contains("Too many open files"), "{log}");
+    let before = cpu_ticks(gateway.child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(gateway.child.id()) - before;
+    assert!(used < 50, "{used} clock ticks of CPU in 2 s with accepts failing: a busy loop");
+
+    drop(held);
+    let mut answered = false;
+    for _ in 0..100 {
+        let admin = get(gateway.admin(), "admin", "/healthz").await;
+        if admin.status == 200 && get(gateway.addr(), "a", "/").await.status == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "both listeners accept again once connections close");
+    assert!(gateway.log().iter().any(|line| line.contains("accepting connections again")));
+}
+
 #[tokio::test]
 async fn http2_clients_get_at_most_the_configured_concurrent_streams() {
     use std::sync::Arc;

@@ -138,6 +138,15 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with the config file in `dir` (which may hold plugin files).
     pub fn start_in(dir: TempDir, config: &str) -> Gateway {
+        Gateway::launch(dir, config, None)
+    }
+
+    /// Like [`Gateway::start`], allowed at most `max` open file descriptors (`RLIMIT_NOFILE`).
+    pub fn start_with_open_files(config: &str, max: u64) -> Gateway {
+        Gateway::launch(TempDir::new(), config, Some(max))
+    }
+
+    fn launch(dir: TempDir, config: &str, max_open_files: Option<u64>) -> Gateway {
         let config = if config.contains("[admin]") {
             config.to_string()
         } else {
@@ -148,14 +157,19 @@ impl Gateway {
         command.args(["run", "-c"]).arg(&path).args(["--workers", "2"]).stdout(Stdio::null()).stderr(Stdio::piped());
         // The gateway gets SIGTERM when the thread that started it ends, so a test run that is
         // killed (or a test that panics past its drop) leaves no gateway behind.
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
+        // SAFETY: prctl and setrlimit are async-signal-safe and touch nothing of the parent.
         unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                if let Some(max) = max_open_files {
+                    let limit = libc::rlimit { rlim_cur: max, rlim_max: max };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
             });
         }
         let mut child = command.spawn().expect("cannot start sluice");

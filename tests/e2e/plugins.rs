@@ -90,6 +90,16 @@ async fn a_plugin_rewrites_the_path_and_select_backend_chooses_by_header() {
 }
 
 #[tokio::test]
+async fn a_plugin_timeout_too_long_to_count_in_epoch_ticks_is_a_long_timeout() {
+    let backend = Backend::named("backend").await;
+    let plugins = [testkit("a", "tag", &format!("timeout_ms = {}", u64::MAX))];
+    let gateway = Gateway::start(&config(&plugins, &["a"], &[&backend], ""));
+    let reply = get(gateway.addr(), "x", "/x").await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "backend"));
+    assert_eq!(backend.last().headers["x-tag-a"], "a");
+}
+
+#[tokio::test]
 async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     let backend = Backend::named("ok").await;
     let fine = Backend::named("fine").await;

@@ -201,9 +201,12 @@ impl LoadedPlugin {
     }
 }
 
-/// Epoch ticks for a deadline, rounded up, plus one because the current tick is partly gone.
+/// Epoch ticks for a deadline, rounded up, plus one because the current tick is partly gone. At
+/// most half the counter's range (millions of years of ticks): wasmtime adds the current epoch to
+/// it unchecked, and a `timeout_ms` near `u64::MAX` must mean a long deadline, not an overflow.
 fn ticks(deadline: std::time::Duration) -> u64 {
-    (deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+    let ticks = deadline.as_nanos() / EPOCH_TICK.as_nanos() + 1;
+    u64::try_from(ticks).unwrap_or(u64::MAX).min(u64::MAX / 2)
 }
 
 /// Classifies a failed call.

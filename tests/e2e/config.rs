@@ -79,6 +79,32 @@ fn errors_name_the_file_line_and_key() {
     let duplicate = format!("{VALID}\n[[route]]\nname = \"api\"\nupstream = \"api\"\n");
     let (ok, text, _, _dir) = check(&duplicate, &[]);
     assert!(!ok && text.contains(":18:8: duplicate route name `api`"), "{text}");
+
+    // Two listeners, or a listener and the admin API, on one address (port 0 is any free port).
+    let listener = |name: &str, listen: &str| {
+        format!("[[listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\nprotocol = \"http\"\n")
+    };
+    let cases = [
+        (
+            format!("{}{}", listener("a", "127.0.0.1:8080"), listener("b", "127.0.0.1:8080")),
+            ":7:10: 127.0.0.1:8080 is where listener `a` listens already; give each listener an address of its own",
+        ),
+        (
+            format!("{}{}", listener("a", "0.0.0.0:8080"), listener("b", "127.0.0.1:8080")),
+            ":7:10: 127.0.0.1:8080 is where listener `a` listens already",
+        ),
+        (listener("a", "127.0.0.1:9901"), ":3:10: 127.0.0.1:9901 is where the admin API listens already"),
+    ];
+    for (config, expected) in cases {
+        let (ok, text, _, _dir) =
+            check(&format!("{config}\n[[upstream]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n"), &[]);
+        assert!(!ok && text.contains(expected), "expected {expected:?} in {text}");
+    }
+    let apart =
+        format!("{}{}{}", listener("a", "127.0.0.1:0"), listener("b", "127.0.0.1:0"), listener("c", "127.0.0.1:8081"));
+    let (ok, text, _, _dir) =
+        check(&format!("{apart}\n[[upstream]]\nname = \"u\"\nbackends = [\"127.0.0.1:1\"]\n"), &[]);
+    assert!(ok, "{text}");
 }
 
 #[test]

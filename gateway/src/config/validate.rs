@@ -34,6 +34,8 @@ impl Validator<'_> {
         let upstreams =
             raw.upstream.into_iter().map(|u| self.upstream(u, &plugin_names)).collect::<Result<Vec<_>>>()?;
         let upstream_names = self.unique_names("upstream", upstreams.iter().map(|(n, _)| n))?;
+        let admin = self.admin(raw.admin)?;
+        self.distinct_addresses(&raw.listener, admin.listen)?;
         let listeners = raw
             .listener
             .into_iter()
@@ -60,7 +62,7 @@ impl Validator<'_> {
         self.unique_names("route", routes_named)?;
         Ok(Config {
             path: self.file.to_path_buf(),
-            admin: self.admin(raw.admin)?,
+            admin,
             log: LogConfig {
                 format: match raw.log.format {
                     Some(LogFormatKey::Json) => LogFormat::Json,
@@ -106,6 +108,30 @@ impl Validator<'_> {
             }
         }
         Ok(seen)
+    }
+
+    /// Checks that no two listeners, the admin API's included, would bind the same address: the
+    /// second would fail with "address in use" only at start or at a reload. Port 0 (a free port
+    /// chosen at bind) never clashes.
+    fn distinct_addresses(&self, listeners: &[Spanned<RawListener>], admin: SocketAddr) -> Result<()> {
+        let clash = |a: SocketAddr, b: SocketAddr| {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        let mut bound = vec![("the admin API".to_string(), admin)];
+        for raw in listeners {
+            let raw = raw.get_ref();
+            let listen = self.socket_addr(&raw.listen)?;
+            if let Some((other, _)) = bound.iter().find(|(_, address)| clash(*address, listen)) {
+                return Err(self.err(
+                    raw.listen.span(),
+                    format!("{listen} is where {other} listens already; give each listener an address of its own"),
+                ));
+            }
+            bound.push((format!("listener `{}`", raw.name.get_ref().0), listen));
+        }
+        Ok(())
     }
 
     /// Resolves a reference to a named item, or says which names exist.

@@ -25,7 +25,7 @@ enum Command {
         /// The config file.
         #[arg(short, long, default_value = "sluice.toml")]
         config: PathBuf,
-        /// Worker threads (default: one per core).
+        /// Worker threads (default, or 0: one per core).
         #[arg(long)]
         workers: Option<usize>,
     },

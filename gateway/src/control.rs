@@ -71,6 +71,7 @@ impl Control {
         };
         let snapshot = control.snapshots.load_full();
         control.open_listeners(&snapshot.config).map_err(anyhow::Error::msg)?;
+        METRICS.show_backends(snapshot.backends());
         METRICS.reload(true);
         Ok(control)
     }
@@ -109,7 +110,9 @@ impl Control {
         snapshot.spawn_background();
         let kept: Vec<&str> = snapshot.plugins.iter().map(|p| p.sha256.as_str()).collect();
         self.runtime.retain_compiled(&kept);
-        self.snapshots.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.snapshots.swap(snapshot.clone()).retire();
+        METRICS.show_backends(snapshot.backends());
         Ok(generation)
     }
 

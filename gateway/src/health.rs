@@ -4,8 +4,9 @@
 //! per backend; the checks run on the control thread, away from the workers.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{LazyLock, Weak};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -105,15 +106,18 @@ pub struct Checked {
 /// Checks every backend of `upstream` every interval, on the current runtime, until the backends
 /// are dropped. A backend goes down after `unhealthy_threshold` failed checks in a row and comes
 /// back after `healthy_threshold` good ones; each change is logged and exported.
-pub fn spawn(upstream: String, check: HealthCheck, backends: Vec<Checked>) {
+pub fn spawn(upstream: String, check: HealthCheck, backends: Vec<Checked>, retired: Arc<AtomicBool>) {
     for backend in backends {
-        let (upstream, check) = (upstream.clone(), check.clone());
+        let (upstream, check, retired) = (upstream.clone(), check.clone(), retired.clone());
         tokio::spawn(async move {
             let (mut good, mut bad) = (0u32, 0u32);
             let mut ticks = tokio::time::interval(check.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
+                if retired.load(Acquire) {
+                    return;
+                }
                 let (Some(health), Some(addrs)) = (backend.health.upgrade(), backend.addrs.upgrade()) else { return };
                 let result = tokio::time::timeout(check.timeout, probe(&check, &backend, &addrs.load())).await;
                 let failure = match result {
@@ -129,14 +133,14 @@ pub fn spawn(upstream: String, check: HealthCheck, backends: Vec<Checked>) {
                         if up && bad >= check.unhealthy_threshold {
                             tracing::warn!(upstream, backend = backend.address, reason = why, "backend is unhealthy");
                             health.up.store(false, Relaxed);
-                            METRICS.backend_health(&upstream, &backend.address, false);
+                            METRICS.backend_health(&upstream, &backend.address, false, &retired);
                         }
                     }
                 }
                 if !up && good >= check.healthy_threshold {
                     tracing::info!(upstream, backend = backend.address, "backend is healthy again");
                     health.up.store(true, Relaxed);
-                    METRICS.backend_health(&upstream, &backend.address, true);
+                    METRICS.backend_health(&upstream, &backend.address, true, &retired);
                 }
             }
         });

@@ -6,10 +6,10 @@
 //! histogram are split into a shard per worker thread, summed when scraped.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{
@@ -69,6 +69,8 @@ pub struct Metrics {
     plugin_calls: Family<PluginLabels, HotCounter>,
     reloads: Family<ReloadLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
+    /// The backends `backend_healthy` shows: the current snapshot's.
+    backends_shown: Mutex<HashSet<BackendLabels>>,
     tls_handshake_failures: Family<ListenerLabels, Counter>,
     tcp_connections: Family<ListenerLabels, Counter>,
     tcp_active: Family<ListenerLabels, Gauge>,
@@ -241,6 +243,7 @@ impl Metrics {
             plugin_calls,
             reloads,
             backend_healthy,
+            backends_shown: Mutex::default(),
             tls_handshake_failures,
             tcp_connections,
             tcp_active,
@@ -283,8 +286,33 @@ impl Metrics {
         self.reloads.get_or_create(&ReloadLabels { result: if ok { "ok" } else { "error" } }).inc();
     }
 
-    /// Records whether a backend may receive requests.
-    pub fn backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
+    /// Shows the health of exactly these backends (upstream, address, healthy): the current
+    /// snapshot's. The series of backends a reload removed go, rather than report their last
+    /// state until the gateway restarts.
+    pub fn show_backends<'a>(&self, backends: impl IntoIterator<Item = (&'a str, &'a str, bool)>) {
+        let mut shown = self.backends_shown.lock().unwrap_or_else(|e| e.into_inner());
+        let now: HashSet<BackendLabels> = backends
+            .into_iter()
+            .map(|(upstream, backend, healthy)| {
+                let labels = BackendLabels { upstream: upstream.to_string(), backend: backend.to_string() };
+                self.backend_healthy.get_or_create(&labels).set(i64::from(healthy));
+                labels
+            })
+            .collect();
+        for gone in shown.difference(&now) {
+            self.backend_healthy.remove(gone);
+        }
+        *shown = now;
+    }
+
+    /// Records whether a backend may receive requests, unless its snapshot is `retired`: checked
+    /// under the same lock as [`show_backends`](Self::show_backends), so a replaced snapshot's last
+    /// check cannot bring back a series the reload removed.
+    pub fn backend_health(&self, upstream: &str, backend: &str, healthy: bool, retired: &AtomicBool) {
+        let _shown = self.backends_shown.lock().unwrap_or_else(|e| e.into_inner());
+        if retired.load(Ordering::Acquire) {
+            return;
+        }
         let labels = BackendLabels { upstream: upstream.to_string(), backend: backend.to_string() };
         self.backend_healthy.get_or_create(&labels).set(i64::from(healthy));
     }

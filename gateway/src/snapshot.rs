@@ -4,6 +4,7 @@
 //! swaps in a new snapshot never changes the rules under a request in flight.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{Config, ListenerConfig, ListenerProtocol, RouteConfig};
 use crate::plugin::{LoadedPlugin, PluginRuntime};
@@ -27,6 +28,9 @@ pub struct Snapshot {
     pub plugins: Vec<LoadedPlugin>,
     /// Route names, parallel to `config.routes`, shared with metric labels.
     pub route_names: Vec<Arc<str>>,
+    /// Set once a reload has replaced the snapshot: its background work stops then, although an
+    /// idle worker may hold on to the snapshot itself until its next request.
+    retired: Arc<AtomicBool>,
 }
 
 impl Snapshot {
@@ -46,17 +50,30 @@ impl Snapshot {
         let plugins = config.plugins.iter().map(|p| runtime.load(p)).collect::<Result<Vec<_>, _>>()?;
         let router = Router::new(&config.routes);
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
-        Ok(Snapshot { generation, config, router, tls, upstreams, plugins, route_names })
+        Ok(Snapshot { generation, config, router, tls, upstreams, plugins, route_names, retired: Arc::default() })
     }
 
     /// Starts the background work the snapshot needs (DNS re-resolution, health checks) on the
     /// current runtime;
-    /// it stops by itself once the snapshot is dropped.
+    /// it stops by itself once the snapshot is retired or dropped.
     pub fn spawn_background(&self) {
         for upstream in &self.upstreams {
-            upstream.spawn_resolver();
-            upstream.spawn_health_checks();
+            upstream.spawn_resolver(&self.retired);
+            upstream.spawn_health_checks(&self.retired);
         }
+    }
+
+    /// Stops the snapshot's background work: a reload replaced it.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Every backend as (upstream, address, healthy now), for the metrics.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &str, bool)> {
+        self.upstreams.iter().flat_map(|upstream| {
+            let name = upstream.config.name.as_str();
+            upstream.backends.iter().map(move |b| (name, b.config.address.as_str(), b.is_healthy()))
+        })
     }
 
     /// The route at `index`, as returned by the router.

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use arc_swap::ArcSwap;
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls};
 use crate::health::{self, Health};
-use crate::metrics::METRICS;
 use crate::pool::Destination;
 use crate::tls::BackendTls;
 
@@ -158,9 +157,6 @@ impl Upstream {
                 })
             })
             .collect::<Result<_, String>>()?;
-        for backend in &backends {
-            METRICS.backend_health(&config.name, &backend.config.address, backend.is_healthy());
-        }
         let weights: Vec<u32> = backends.iter().map(|b| b.config.weight).collect();
         let keys: Vec<&str> = backends.iter().map(|b| b.config.address.as_str()).collect();
         let balancer = Balancer::new(&config.balance, &weights, &keys);
@@ -168,8 +164,8 @@ impl Upstream {
     }
 
     /// Starts the upstream's active health checks, if it has them, on the current runtime; they
-    /// stop once the upstream is dropped.
-    pub fn spawn_health_checks(&self) {
+    /// stop once `retired` is set or the upstream is dropped.
+    pub fn spawn_health_checks(&self, retired: &Arc<AtomicBool>) {
         let Some(check) = &self.config.health else { return };
         let backends = self
             .backends
@@ -183,12 +179,12 @@ impl Upstream {
                 health: Arc::downgrade(&b.health),
             })
             .collect();
-        health::spawn(self.config.name.clone(), check.clone(), backends);
+        health::spawn(self.config.name.clone(), check.clone(), backends, retired.clone());
     }
 
     /// Re-resolves the backends named by DNS every `resolve_interval_ms`, on the current runtime,
-    /// until the upstream is dropped (when a reload replaced it).
-    pub fn spawn_resolver(&self) {
+    /// until `retired` is set or the upstream is dropped (a reload replaced it).
+    pub fn spawn_resolver(&self, retired: &Arc<AtomicBool>) {
         let named: Vec<(BackendConfig, Weak<ArcSwap<Vec<SocketAddr>>>)> = self
             .backends
             .iter()
@@ -198,10 +194,13 @@ impl Upstream {
         if named.is_empty() {
             return;
         }
-        let (upstream, interval) = (self.config.name.clone(), self.config.resolve_interval);
+        let (upstream, interval, retired) = (self.config.name.clone(), self.config.resolve_interval, retired.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
+                if retired.load(Acquire) {
+                    return;
+                }
                 for (backend, addrs) in &named {
                     let Some(addrs) = addrs.upgrade() else { return };
                     match tokio::net::lookup_host((backend.host.as_str(), backend.port)).await {

@@ -48,6 +48,33 @@ async fn a_failed_reload_changes_nothing_and_says_why() {
 }
 
 #[tokio::test]
+async fn a_reload_drops_the_health_series_of_removed_backends_and_stops_checking_them() {
+    let (kept, removed) = (Backend::named("kept").await, Backend::named("removed").await);
+    let config = |backends: &[&Backend]| {
+        let health = "health = { path = \"/healthz\", interval_ms = 100, timeout_ms = 100 }\n";
+        format!("{NO_WATCH}{LISTENER}\n{}{health}\n{}", upstream("u", backends), route("r", "/", "u"))
+    };
+    let series =
+        |backend: &Backend| format!("sluice_upstream_backend_healthy{{upstream=\"u\",backend=\"{}\"}} 1", backend.addr);
+    let gateway = Gateway::start(&config(&[&kept, &removed]));
+    let metrics = get(gateway.admin(), "admin", "/metrics").await.body;
+    assert!(metrics.contains(&series(&kept)) && metrics.contains(&series(&removed)), "{metrics}");
+
+    gateway.write_config(&config(&[&kept]));
+    assert_eq!(gateway.reload().await.status, 200);
+    let probes = removed.seen().len();
+    // Five check intervals, with no request that would make a worker let go of the old snapshot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = get(gateway.admin(), "admin", "/metrics").await.body;
+    assert!(metrics.contains(&series(&kept)), "{metrics}");
+    assert!(!metrics.contains(&removed.addr.to_string()), "{metrics}");
+    assert!(removed.seen().len() <= probes + 1, "the old snapshot kept checking the removed backend");
+    let kept_probes = kept.seen().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(kept.seen().len() > kept_probes, "the new snapshot checks the kept backend");
+}
+
+#[tokio::test]
 async fn reload_swaps_routes_and_listeners_and_keep_alive_connections_see_the_new_config() {
     let (a, b) = (Backend::named("a").await, Backend::named("b").await);
     let upstreams = format!("{}{}", upstream("a", &[&a]), upstream("b", &[&b]));

@@ -110,9 +110,7 @@ impl InMemoryState {
         let space = self.counters.entry(namespace.to_string()).or_default();
         f(&space.entry(key.to_string()).or_default())
     }
-}
 
-impl InMemoryState {
     /// Forgets the counters whose current and previous windows have both ended (an increment would
     /// start them from zero anyway) and the values past their expiry; returns what is left.
     pub fn sweep(&self) -> Entries {

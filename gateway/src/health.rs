@@ -103,8 +103,8 @@ pub struct Checked {
     pub health: Weak<Health>,
 }
 
-/// Checks every backend of `upstream` every interval, on the current runtime, until the backends
-/// are dropped. A backend goes down after `unhealthy_threshold` failed checks in a row and comes
+/// Checks every backend of `upstream` every interval, on the current runtime, until `retired` is
+/// set (a reload replaced the snapshot) or the backends are dropped. A backend goes down after `unhealthy_threshold` failed checks in a row and comes
 /// back after `healthy_threshold` good ones; each change is logged and exported.
 pub fn spawn(upstream: String, check: HealthCheck, backends: Vec<Checked>, retired: Arc<AtomicBool>) {
     for backend in backends {

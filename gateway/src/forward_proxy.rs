@@ -20,11 +20,10 @@ use crate::error::{ProxyError, TimeoutPhase};
 use crate::forward;
 use crate::metrics::METRICS;
 use crate::plugin::chain::{Chain, Target, Verdict};
-use crate::pool::{self, Destination};
+use crate::pool::{self, Destination, Pool};
 use crate::proxy::{Downstream, Worker};
 use crate::relay::relay;
 use crate::snapshot::Snapshot;
-use crate::upstream::BackendKey;
 
 /// Serves one request on a forward listener; never fails: errors become responses here.
 pub async fn handle(
@@ -101,7 +100,7 @@ async fn proxy(
         Verdict::Continue => {
             let address = format!("{}:{port}", authority.host());
             let result = match upgrade {
-                Some(upgrade) => tunnel(config, &address, upgrade).await,
+                Some(upgrade) => tunnel(worker, config, &address, upgrade).await,
                 None => {
                     forward::remove_hop_by_hop(&mut parts.headers, false);
                     forward::identify_client(&mut parts.headers, &downstream.peer_text, config.anonymous);
@@ -140,9 +139,9 @@ async fn resolve(config: &ForwardProxy, address: &str) -> Result<Vec<SocketAddr>
 }
 
 /// A proxy target as the connection pool sees it: HTTP/1.1, no TLS.
-fn destination<'a>(config: &ForwardProxy, address: &'a str, addrs: &'a [SocketAddr]) -> Destination<'a> {
+fn destination<'a>(pool: &Pool, config: &ForwardProxy, address: &'a str, addrs: &'a [SocketAddr]) -> Destination<'a> {
     Destination {
-        key: BackendKey::forward_target(address),
+        key: pool.forward_key(address),
         name: address,
         addrs,
         protocol: UpstreamProtocol::Http1,
@@ -159,7 +158,7 @@ async fn send(
     request: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let addrs = resolve(config, address).await?;
-    let destination = destination(config, address, &addrs);
+    let destination = destination(&worker.pool, config, address, &addrs);
     let mut response = tokio::time::timeout(config.timeout, worker.pool.send(&destination, request))
         .await
         .map_err(|_| ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::ResponseHeaders })?
@@ -171,12 +170,13 @@ async fn send(
 /// Connects to the CONNECT target, answers 200, and relays bytes once the client's connection is
 /// handed over.
 async fn tunnel(
+    worker: &Worker,
     config: &ForwardProxy,
     address: &str,
     upgrade: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let addrs = resolve(config, address).await?;
-    let destination = destination(config, address, &addrs);
+    let destination = destination(&worker.pool, config, address, &addrs);
     let target = pool::connect(&destination).await?;
     let idle = config.idle_timeout;
     tokio::task::spawn_local(async move {

@@ -10,7 +10,7 @@
 //! sweeps its pool ([`Pool::sweep`]): idle connections past their time or hung up on by their
 //! backend are closed there, so no socket waits half-closed for a request that may never come.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -119,6 +119,12 @@ fn reusable((connection, since): &mut Idle, now: Instant) -> bool {
 pub struct Pool {
     idle: RefCell<HashMap<BackendKey, Vec<Idle>>>,
     multiplexed: RefCell<HashMap<BackendKey, http2::SendRequest<RequestBody>>>,
+    /// A forward proxy's targets (`host:port`) with idle connections, or asked for since the last
+    /// sweep, and their keys. Kept per worker and swept, unlike configured backends' keys: a
+    /// forward proxy meets new hosts all its life. Keys are never given twice, so a request still
+    /// holding a forgotten one only misses a reuse.
+    forward_keys: RefCell<HashMap<Box<str>, BackendKey>>,
+    forward_keys_given: Cell<u64>,
 }
 
 /// Where an HTTP/1.1 connection goes back once the response it carried is complete.
@@ -214,6 +220,17 @@ impl Pool {
         None
     }
 
+    /// The key of the forward proxy target `address` (`host:port`, HTTP/1.1 without TLS).
+    pub fn forward_key(&self, address: &str) -> BackendKey {
+        if let Some(key) = self.forward_keys.borrow().get(address) {
+            return *key;
+        }
+        let key = BackendKey::forward_target(self.forward_keys_given.get());
+        self.forward_keys_given.set(self.forward_keys_given.get() + 1);
+        self.forward_keys.borrow_mut().insert(address.into(), key);
+        key
+    }
+
     fn checkin(self: &Rc<Self>, key: BackendKey) -> Checkin {
         Checkin { pool: Rc::downgrade(self), key }
     }
@@ -229,6 +246,8 @@ impl Pool {
             !list.is_empty()
         });
         self.multiplexed.borrow_mut().retain(|_, sender| !sender.is_closed());
+        let idle = self.idle.borrow();
+        self.forward_keys.borrow_mut().retain(|_, key| idle.contains_key(key));
     }
 
     /// Sweeps the pool every [`SWEEP_INTERVAL`] for as long as the worker runs.
@@ -287,5 +306,23 @@ async fn connect_within_timeout(target: &Destination<'_>) -> Result<Stream, Prox
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(cause)) => Err(ProxyError::Connect { backend: target.name.to_string(), cause }),
         Err(_) => Err(ProxyError::Timeout { backend: target.name.to_string(), phase: TimeoutPhase::Connect }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_targets_get_keys_the_sweep_forgets_and_never_gives_again() {
+        let pool = Pool::default();
+        let a = pool.forward_key("a.example:80");
+        assert_eq!(pool.forward_key("a.example:80"), a);
+        let b = pool.forward_key("b.example:80");
+        assert_ne!(a, b);
+        pool.sweep();
+        assert!(pool.forward_keys.borrow().is_empty(), "without idle connections, the targets are forgotten");
+        let again = pool.forward_key("a.example:80");
+        assert!(again != a && again != b, "a forgotten key is not given again");
     }
 }

@@ -21,9 +21,14 @@ use crate::pool::Destination;
 use crate::tls::BackendTls;
 
 /// A backend's identity in the connection pools: the same address, protocol and TLS settings get
-/// the same key in every snapshot.
+/// the same key in every snapshot. A forward proxy's targets get theirs from the worker's pool
+/// ([`Pool::forward_key`](crate::pool::Pool::forward_key)), above [`FORWARD_KEYS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BackendKey(u32);
+pub struct BackendKey(u64);
+
+/// Where the keys of forward proxy targets start: configured backends, interned once each, stay
+/// far below.
+const FORWARD_KEYS: u64 = 1 << 32;
 
 /// What makes two backends' connections interchangeable.
 type Identity = (String, UpstreamProtocol, Option<UpstreamTls>);
@@ -33,15 +38,15 @@ impl BackendKey {
         BackendKey::new((address.to_string(), config.protocol, config.tls.clone()))
     }
 
-    /// The key of a forward proxy's target `host:port`, spoken to in HTTP/1.1 without TLS.
-    pub fn forward_target(address: &str) -> BackendKey {
-        BackendKey::new((address.to_string(), UpstreamProtocol::Http1, None))
+    /// The key numbered `n` from [`FORWARD_KEYS`], for a forward proxy's target.
+    pub fn forward_target(n: u64) -> BackendKey {
+        BackendKey(FORWARD_KEYS + n)
     }
 
     fn new(identity: Identity) -> BackendKey {
-        static KEYS: LazyLock<Mutex<HashMap<Identity, u32>>> = LazyLock::new(Default::default);
+        static KEYS: LazyLock<Mutex<HashMap<Identity, u64>>> = LazyLock::new(Default::default);
         let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
-        let next = keys.len() as u32;
+        let next = keys.len() as u64;
         BackendKey(*keys.entry(identity).or_insert(next))
     }
 }

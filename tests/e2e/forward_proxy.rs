@@ -37,6 +37,14 @@ async fn absolute_form_requests_and_connect_tunnels_reach_their_targets() {
     assert_eq!(seen.headers["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
     assert!(!seen.headers.contains_key("proxy-connection"));
 
+    // Two more requests on one client connection (so one worker): one pooled connection serves them.
+    let before = target.connections();
+    let request = |close: &str| format!("GET http://{0}/again HTTP/1.1\r\nHost: {0}\r\n{close}\r\n", target.addr);
+    let (reply, _) =
+        raw_exchange(proxy, format!("{}{}", request(""), request("Connection: close\r\n")).as_bytes()).await;
+    assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 2, "{reply}");
+    assert!(target.connections() <= before + 1, "the second request reused the first one's connection");
+
     // CONNECT: the bytes inside the tunnel are the client's own, untouched.
     let (code, out, err) = curl_via(proxy, &["--proxytunnel"], &format!("http://{}/tunnelled", target.addr)).await;
     assert_eq!((code, out.as_str()), (0, "target200\n"), "{err}");

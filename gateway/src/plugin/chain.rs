@@ -345,15 +345,24 @@ fn header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Plugin
     Ok((name, value))
 }
 
+/// The most header changes one hook may ask for: far more than any plugin needs, and few enough
+/// that a runaway plugin cannot grow a header map toward what it can hold (32 768 fields).
+const MAX_HEADER_CHANGES: usize = 1000;
+
 /// Checks every change of a `header-changes` list.
 fn validate_ops(changes: &[u8]) -> Result<Vec<Op>, PluginFailure> {
-    fields::header_changes(changes)
-        .map(|change| match change.map_err(invalid)? {
-            (Change::Set, name, value) => header(name, value).map(|(n, v)| Op::Set(n, v)),
-            (Change::Append, name, value) => header(name, value).map(|(n, v)| Op::Append(n, v)),
-            (Change::Remove, name, _) => header_name(name).map(Op::Remove),
-        })
-        .collect()
+    let mut ops = Vec::new();
+    for change in fields::header_changes(changes) {
+        if ops.len() == MAX_HEADER_CHANGES {
+            return Err(invalid(format!("more than {MAX_HEADER_CHANGES} header changes")));
+        }
+        ops.push(match change.map_err(invalid)? {
+            (Change::Set, name, value) => header(name, value).map(|(n, v)| Op::Set(n, v))?,
+            (Change::Append, name, value) => header(name, value).map(|(n, v)| Op::Append(n, v))?,
+            (Change::Remove, name, _) => header_name(name).map(Op::Remove)?,
+        });
+    }
+    Ok(ops)
 }
 
 /// Checks the context entries of a `fields` list: well formed, and UTF-8, as the WIT's string
@@ -368,18 +377,21 @@ fn validate_context(entries: &[u8]) -> Result<(), PluginFailure> {
     Ok(())
 }
 
+/// Applies checked header changes. A map that is full (32 768 fields, which only many plugins
+/// each near [`MAX_HEADER_CHANGES`] could reach) keeps what it has, where `insert` would panic.
 fn apply_ops(headers: &mut HeaderMap, ops: Vec<Op>) {
     for op in ops {
-        match op {
-            Op::Set(name, value) => {
-                headers.insert(name, value);
-            }
-            Op::Append(name, value) => {
-                headers.append(name, value);
-            }
+        let applied = match op {
+            Op::Set(name, value) => headers.try_insert(name, value).map(drop),
+            Op::Append(name, value) => headers.try_append(name, value).map(drop),
             Op::Remove(name) => {
                 headers.remove(name);
+                Ok(())
             }
+        };
+        if applied.is_err() {
+            tracing::warn!("a header map is full: the rest of a plugin's header changes are dropped");
+            return;
         }
     }
 }

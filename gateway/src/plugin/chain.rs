@@ -345,8 +345,9 @@ fn header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Plugin
     Ok((name, value))
 }
 
-/// The most header changes one hook may ask for: far more than any plugin needs, and few enough
-/// that a runaway plugin cannot grow a header map toward what it can hold (32 768 fields).
+/// The most header changes one hook may ask for, and the most headers of a response a plugin
+/// makes: far more than any plugin needs, and few enough that a runaway plugin cannot grow a
+/// header map toward what it can hold (32 768 fields).
 const MAX_HEADER_CHANGES: usize = 1000;
 
 /// Checks every change of a `header-changes` list.
@@ -412,6 +413,9 @@ fn status_code(status: u16) -> Result<StatusCode, PluginFailure> {
 
 /// A response a plugin made, as the gateway sends it.
 fn plugin_response(response: types::Response) -> Result<Response<ResponseBody>, PluginFailure> {
+    if response.headers.len() > MAX_HEADER_CHANGES {
+        return Err(invalid(format!("a response with more than {MAX_HEADER_CHANGES} headers")));
+    }
     let mut built = Response::new(ResponseBody::full(Bytes::from(response.body)));
     *built.status_mut() = status_code(response.status)?;
     for (name, value) in &response.headers {

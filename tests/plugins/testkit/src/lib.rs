@@ -12,7 +12,7 @@
 //! | `counter` | on_request, on_response | counts requests and instances in shared counters, reports them in `x-count` and `x-inits` |
 //! | `loop` | on_request | spins forever when `x-loop` is present |
 //! | `hog` | on_request | allocates without end when `x-hog` is present |
-//! | `trap` | on_request | panics when `x-trap` is present; sets an invalid header value when `x-invalid` is, adds 40 000 headers when `x-flood` is |
+//! | `trap` | on_request | panics when `x-trap` is present; sets an invalid header value when `x-invalid` is, adds 40 000 headers when `x-flood` is, answers with as many when `x-flood-reply` is |
 //! | `init-fail` | none | `init` fails |
 //! | `bench` | on_request | reads two headers and sets one: a cheap, typical hook |
 //! | `noop` | on_request | continues without reading or changing anything: the cost of a call itself |
@@ -65,8 +65,8 @@ pub const TRAIL_KEY: &str = "trail";
 ///   `x-hog`, else continues.
 /// - `trap`: on_request panics with `testkit trap` when the request has header `x-trap`; with
 ///   `x-invalid` it sets `x-out` to a value with a line break (which the gateway must refuse); with
-///   `x-flood` it adds 40 000 headers `x-flood-N` (more than a header map holds); else it
-///   continues.
+///   `x-flood` it adds 40 000 headers `x-flood-N` (more than a header map holds), and with
+///   `x-flood-reply` it answers with as many; else it continues.
 /// - `init-fail`: init fails with `testkit init refused: bad config`.
 /// - `bench`: on_request reads `user-agent` and `accept`, sets `x-bench: 1`, continues.
 /// - `build`: on_response sets `x-build: <BUILD>` (the constant [`BUILD`]).
@@ -178,6 +178,10 @@ impl Plugin for Testkit {
                 if req.header_str("x-invalid").is_some() {
                     // Returns normally, with a change the gateway must refuse.
                     req.set_header("x-out", "line\nbreak");
+                }
+                if req.header_str("x-flood-reply").is_some() {
+                    return (0..40_000)
+                        .fold(Action::respond(200), |reply, n| reply.header(format!("x-flood-{n}"), "1"));
                 }
                 if req.header_str("x-flood").is_some() {
                     for n in 0..40_000 {

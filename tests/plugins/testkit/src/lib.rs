@@ -12,7 +12,7 @@
 //! | `counter` | on_request, on_response | counts requests and instances in shared counters, reports them in `x-count` and `x-inits` |
 //! | `loop` | on_request | spins forever when `x-loop` is present |
 //! | `hog` | on_request | allocates without end when `x-hog` is present |
-//! | `trap` | on_request | panics when `x-trap` is present; sets an invalid header value when `x-invalid` is, adds 40 000 headers when `x-flood` is, answers with as many when `x-flood-reply` is |
+//! | `trap` | on_request | panics when `x-trap` is present; sets an invalid header value when `x-invalid` is, adds 2000 headers when `x-flood` is, answers with as many when `x-flood-reply` is |
 //! | `init-fail` | none | `init` fails |
 //! | `bench` | on_request | reads two headers and sets one: a cheap, typical hook |
 //! | `noop` | on_request | continues without reading or changing anything: the cost of a call itself |
@@ -26,6 +26,10 @@ use sluice_sdk::prelude::*;
 
 /// The valid modes, as the init error lists them.
 pub const MODES: &str = "tag, select, counter, loop, hog, trap, init-fail, bench, noop, build, tls";
+
+/// How many headers trap mode's floods carry: more than the gateway takes from one hook (1000),
+/// few enough to be made well within the default 20 ms deadline.
+pub const FLOOD: usize = 2000;
 
 /// The marker `build` mode puts in `x-build`. The reload tests make a second build of this plugin
 /// by replacing these bytes in the component with another marker of the same length.
@@ -65,7 +69,7 @@ pub const TRAIL_KEY: &str = "trail";
 ///   `x-hog`, else continues.
 /// - `trap`: on_request panics with `testkit trap` when the request has header `x-trap`; with
 ///   `x-invalid` it sets `x-out` to a value with a line break (which the gateway must refuse); with
-///   `x-flood` it adds 40 000 headers `x-flood-N` (more than a header map holds), and with
+///   `x-flood` it adds [`FLOOD`] headers `x-flood-N` (more than one hook may), and with
 ///   `x-flood-reply` it answers with as many; else it continues.
 /// - `init-fail`: init fails with `testkit init refused: bad config`.
 /// - `bench`: on_request reads `user-agent` and `accept`, sets `x-bench: 1`, continues.
@@ -180,11 +184,10 @@ impl Plugin for Testkit {
                     req.set_header("x-out", "line\nbreak");
                 }
                 if req.header_str("x-flood-reply").is_some() {
-                    return (0..40_000)
-                        .fold(Action::respond(200), |reply, n| reply.header(format!("x-flood-{n}"), "1"));
+                    return (0..FLOOD).fold(Action::respond(200), |reply, n| reply.header(format!("x-flood-{n}"), "1"));
                 }
                 if req.header_str("x-flood").is_some() {
-                    for n in 0..40_000 {
+                    for n in 0..FLOOD {
                         req.append_header(format!("x-flood-{n}"), "1");
                     }
                 }

@@ -237,9 +237,9 @@ impl Pool {
 
     /// Closes the idle connections that are past their time or that their backend closed, and
     /// forgets the HTTP/2 connections that ended and the forward proxy targets left without idle
-    /// connections. Without it such a socket stays open (half-closed,
-    /// in CLOSE_WAIT, when the backend hung up) until the next request to that backend, which may
-    /// never come: a backend a reload removed is never asked again.
+    /// connections. Without it such a socket stays open (half-closed, in CLOSE_WAIT, when the
+    /// backend hung up) until the next request to that backend, which may never come: a backend a
+    /// reload removed is never asked again.
     fn sweep(&self) {
         let now = Instant::now();
         self.idle.borrow_mut().retain(|_, list| {

@@ -41,6 +41,7 @@ fn load(component: &str, config: serde_json::Value) -> LoadedPlugin {
         on_error: OnError::Deny,
         timeout: Duration::from_millis(20),
         memory_mb: 16,
+        state_mb: 256,
         isolation: Isolation::Pooled,
         config,
     };

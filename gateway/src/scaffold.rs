@@ -172,6 +172,7 @@ path = "target/wasm32-wasip2/release/{crate}.wasm"   # relative to the gateway c
 # on_error = "deny"     # deny: a failing call answers 500 | allow: the plugin is skipped
 # timeout_ms = 20       # deadline of one hook call
 # memory_mb = 16        # memory limit of one instance
+# state_mb = 256        # the most its shared state (counters, stored values) may take
 [plugin.config]
 greeting = "hello"            # default "hello"
 response_header = "x-greeted" # default "x-greeted"

@@ -130,6 +130,10 @@ impl WindowCount {
 /// Windows are aligned to the epoch: with `window_ms = 60_000` a window is one calendar minute.
 /// The counter is shared by every instance of the plugin and survives reloads. Use one
 /// `window_ms` per key. `window_ms` should be at least 1.
+///
+/// A new counter, like a stored value, is charged to the plugin's `state_mb` in the gateway; one
+/// that would go past it traps (the hook call fails). A counter is freed once both its windows
+/// have ended, a value when it expires or is deleted.
 pub fn counter_incr(key: &str, delta: i64, window_ms: u64) -> WindowCount {
     sys::counter_incr(key, delta, window_ms)
 }
@@ -139,7 +143,8 @@ pub fn kv_get(key: &str) -> Option<String> {
     sys::kv_get(key)
 }
 
-/// Stores `value` under `key`; `ttl_ms` 0 means no expiry.
+/// Stores `value` under `key`; `ttl_ms` 0 means no expiry. Traps if that would take the
+/// plugin's state past its `state_mb` (see [`counter_incr`]).
 pub fn kv_set(key: &str, value: &str, ttl_ms: u64) {
     sys::kv_set(key, value, ttl_ms);
 }

@@ -260,18 +260,8 @@ async fn rate_limit_counters_are_forgotten_once_their_windows_have_ended() {
 
     // A counter is read for two windows (the current one, then as the previous one); the gateway
     // sweeps once a second and reports what it keeps.
-    let counters = async |count: usize| {
-        let line = format!("\nsluice_plugin_state_counters {count}\n");
-        for _ in 0..200 {
-            if get(gateway.admin(), "admin", "/metrics").await.body.contains(&line) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("the metrics never read {line:?}");
-    };
-    counters(20).await;
-    counters(0).await;
+    gateway.wait_for_metric("sluice_plugin_state_counters 20").await;
+    gateway.wait_for_metric("sluice_plugin_state_counters 0").await;
     assert_eq!(client.send(client_0()).await.status.as_u16(), 200, "a forgotten counter starts from zero");
     assert_eq!(client.send(client_0()).await.status.as_u16(), 429, "and limits again");
 }

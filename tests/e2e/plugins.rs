@@ -105,7 +105,7 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     let fine = Backend::named("fine").await;
     let plugins = [
         testkit("loop", "loop", "timeout_ms = 50"),
-        testkit("hog", "hog", "memory_mb = 8"),
+        testkit("hog", "hog", "memory_mb = 8\nstate_mb = 1"),
         testkit("trap", "trap", ""),
         testkit("lenient", "trap", "on_error = \"allow\""),
     ];
@@ -147,6 +147,7 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     let mut client = Client::connect(addr).await;
     for (path, trigger, log) in [
         ("/hog", "x-hog", "plugin=\"hog\""),
+        ("/hog", "x-hog-state", "plugin `hog`: its shared state is full"),
         ("/trap", "x-trap", "plugin=\"trap\""),
         ("/trap", "x-invalid", "returned an invalid result: header `x-out` has an invalid value"),
         ("/trap", "x-flood", "returned an invalid result: more than 1000 header changes"),
@@ -161,6 +162,9 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     }
     let reply = client.send(get_with("/loop", &[])).await;
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+    // The state hog kept what fits in its 1 MiB: 15 values of 64 KiB (with their keys and the
+    // per-entry charge, a 16th would not fit).
+    gateway.wait_for_metric("sluice_plugin_state_values 15").await;
     // Every failure counts as one: a trap, and a result the gateway refused.
     let metrics = get(gateway.admin(), "admin", "/metrics").await.body;
     for (outcome, count) in [("ok", 4), ("error", 4), ("timeout", 0)] {

@@ -236,6 +236,18 @@ impl Gateway {
         serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", reply.body))
     }
 
+    /// Waits until the admin API's metrics hold `line` as a whole line (up to 10 s).
+    pub async fn wait_for_metric(&self, line: &str) {
+        let needle = format!("\n{line}\n");
+        for _ in 0..200 {
+            if get(self.admin(), "admin", "/metrics").await.body.contains(&needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the metrics never read {line:?}");
+    }
+
     /// The address of a listener announced in the log after a reload.
     pub fn listener_from_log(&self, name: &str) -> SocketAddr {
         let needle = format!("listener=\"{name}\"");

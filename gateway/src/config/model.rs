@@ -313,6 +313,9 @@ pub struct PluginConfig {
     pub timeout: Duration,
     /// `memory_mb = 16`: the memory limit of one instance.
     pub memory_mb: u32,
+    /// `state_mb = 256`: the most the plugin's shared state (counters and stored values, kept by
+    /// the gateway outside `memory_mb`) may take.
+    pub state_mb: u32,
     /// `isolation = "pooled"` (default) or `"fresh"`.
     pub isolation: Isolation,
     /// `[plugin.config]`: any table, handed to the plugin's `init` as JSON (`{}` when absent).

@@ -205,7 +205,8 @@ pub struct RawPlugin {
     pub path: Spanned<Text>,
     pub on_error: Option<OnErrorKey>,
     pub timeout_ms: Option<Spanned<u64>>,
-    pub memory_mb: Option<Spanned<u32>>,
+    pub memory_mb: Option<Spanned<u64>>,
+    pub state_mb: Option<Spanned<u64>>,
     pub isolation: Option<IsolationKey>,
     pub config: Option<Spanned<toml::Table>>,
 }

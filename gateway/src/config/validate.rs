@@ -440,13 +440,8 @@ impl Validator<'_> {
 
     fn plugin(&self, raw: Spanned<RawPlugin>) -> Result<(Spanned<Text>, PluginConfig)> {
         let raw = raw.into_inner();
-        let memory_mb = match raw.memory_mb {
-            Some(m) if *m.get_ref() == 0 => {
-                return Err(self.err(m.span(), "memory_mb must be at least 1"));
-            }
-            Some(m) => *m.get_ref(),
-            None => 16,
-        };
+        let memory_mb = self.count(raw.memory_mb, 16, 1, "memory_mb")?;
+        let state_mb = self.count(raw.state_mb, 256, 1, "state_mb")?;
         let config = match raw.config {
             Some(table) => {
                 let span = table.span();
@@ -466,6 +461,7 @@ impl Validator<'_> {
             },
             timeout: self.duration(raw.timeout_ms, 20)?,
             memory_mb,
+            state_mb,
             isolation: match raw.isolation {
                 Some(IsolationKey::Fresh) => Isolation::Fresh,
                 Some(IsolationKey::Pooled) | None => Isolation::Pooled,
@@ -737,6 +733,29 @@ mod tests {
             ("max_requests = 0", "max_requests must be at least 1"),
         ] {
             let error = crate::config::parse(file, &text(upstream)).expect_err(expected).to_string();
+            assert!(error.contains(expected), "expected {expected:?} in: {error}");
+        }
+    }
+
+    #[test]
+    fn plugin_limits_have_defaults_and_a_floor() {
+        let text = |limits: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n\
+                 [[plugin]]\nname = \"p\"\npath = \"p.wasm\"\n{limits}\n"
+            )
+        };
+        let file = Path::new("sluice.toml");
+        let config = crate::config::parse(file, &text("")).expect("valid");
+        assert_eq!((config.plugins[0].memory_mb, config.plugins[0].state_mb), (16, 256));
+        let config = crate::config::parse(file, &text("memory_mb = 8\nstate_mb = 1")).expect("valid");
+        assert_eq!((config.plugins[0].memory_mb, config.plugins[0].state_mb), (8, 1));
+        for (limits, expected) in [
+            ("memory_mb = 0", "memory_mb must be at least 1"),
+            ("state_mb = 0", "state_mb must be at least 1"),
+            ("state_mb = 4294967296", "state_mb is too large"),
+        ] {
+            let error = crate::config::parse(file, &text(limits)).expect_err(expected).to_string();
             assert!(error.contains(expected), "expected {expected:?} in: {error}");
         }
     }

@@ -7,6 +7,12 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     ownership: Borrowing { duplicate_if_necessary: true },
+    // Storing past the plugin's `state_mb` traps the call (see `state`).
+    imports: {
+        "sluice:plugin/host.counter-incr": trappable,
+        "sluice:plugin/host.kv-set": trappable,
+        "sluice:plugin/host.kv-compare-and-swap": trappable,
+    },
 });
 
 pub use self::exports::sluice::plugin::hooks;

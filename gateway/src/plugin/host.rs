@@ -1,7 +1,7 @@
 //! What a plugin instance can reach: the `host` interface of the WIT, and an empty WASI.
 //!
 //! Every instance's store carries a [`HostState`]: the plugin's name (for logs and as the
-//! namespace of its shared state), its memory limit, and the line buffer of what the guest writes
+//! namespace of its shared state), its memory limit and shared-state quota, and the line buffer of what the guest writes
 //! to stdout or stderr (see `wasi`), which goes to the log a line at a time.
 
 use std::sync::Arc;
@@ -12,26 +12,27 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use super::bindings::host::{self, Level, WindowCount};
 use super::bindings::types;
 use super::limits::MAX_RANDOM_BYTES;
-use super::state::{self, SharedState};
+use super::state::{self, SharedState, StateFull, Swap};
+use crate::config::PluginConfig;
 
 /// The data of one plugin instance's store.
 pub struct HostState {
     plugin: Arc<str>,
     state: Arc<dyn SharedState>,
+    /// The plugin's share of `state`, in bytes (`state_mb`).
+    state_quota: usize,
     pub(super) limits: StoreLimits,
     output: Vec<u8>,
 }
 
 impl HostState {
-    /// A sandbox for an instance of `plugin` with `memory_mb` of linear memory at most.
-    pub fn new(plugin: Arc<str>, state: Arc<dyn SharedState>, memory_mb: u32) -> HostState {
+    /// A sandbox for an instance of `plugin`, within the limits its `config` sets.
+    pub fn new(plugin: Arc<str>, state: Arc<dyn SharedState>, config: &PluginConfig) -> HostState {
         HostState {
             plugin,
             state,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_mb as usize * 1024 * 1024)
-                .trap_on_grow_failure(true)
-                .build(),
+            state_quota: mib(config.state_mb),
+            limits: StoreLimitsBuilder::new().memory_size(mib(config.memory_mb)).trap_on_grow_failure(true).build(),
             output: Vec::new(),
         }
     }
@@ -64,6 +65,15 @@ impl HostState {
     }
 }
 
+fn mib(n: u32) -> usize {
+    n as usize * 1024 * 1024
+}
+
+/// A refused store, as the trap that ends the hook call.
+fn trap(plugin: &str, full: StateFull) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("plugin `{plugin}`: {full}"))
+}
+
 impl types::Host for HostState {}
 
 impl host::Host for HostState {
@@ -90,24 +100,39 @@ impl host::Host for HostState {
         bytes
     }
 
-    fn counter_incr(&mut self, key: String, delta: i64, window_ms: u64) -> WindowCount {
-        let count = self.state.counter_incr(&self.plugin, &key, delta, Duration::from_millis(window_ms));
-        WindowCount {
+    fn counter_incr(&mut self, key: String, delta: i64, window_ms: u64) -> wasmtime::Result<WindowCount> {
+        let window = Duration::from_millis(window_ms);
+        let count = self
+            .state
+            .counter_incr(&self.plugin, self.state_quota, &key, delta, window)
+            .map_err(|full| trap(&self.plugin, full))?;
+        Ok(WindowCount {
             current: count.current,
             previous: count.previous,
             remaining_ms: count.remaining.as_millis() as u64,
-        }
+        })
     }
 
     fn kv_get(&mut self, key: String) -> Option<String> {
         self.state.kv_get(&self.plugin, &key)
     }
 
-    fn kv_set(&mut self, key: String, value: String, ttl_ms: u64) {
-        self.state.kv_set(&self.plugin, &key, value, Duration::from_millis(ttl_ms));
+    fn kv_set(&mut self, key: String, value: String, ttl_ms: u64) -> wasmtime::Result<()> {
+        let ttl = Duration::from_millis(ttl_ms);
+        self.state.kv_set(&self.plugin, self.state_quota, &key, value, ttl).map_err(|full| trap(&self.plugin, full))
     }
 
-    fn kv_compare_and_swap(&mut self, key: String, expected: Option<String>, new: Option<String>, ttl_ms: u64) -> bool {
-        self.state.kv_compare_and_swap(&self.plugin, &key, expected.as_deref(), new, Duration::from_millis(ttl_ms))
+    fn kv_compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<String>,
+        new: Option<String>,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<bool> {
+        let swap = Swap { expected: expected.as_deref(), new };
+        let ttl = Duration::from_millis(ttl_ms);
+        self.state
+            .kv_compare_and_swap(&self.plugin, self.state_quota, &key, swap, ttl)
+            .map_err(|full| trap(&self.plugin, full))
     }
 }

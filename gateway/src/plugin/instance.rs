@@ -140,7 +140,7 @@ impl LoadedPlugin {
 
     /// Creates an instance and runs `init`, as every new instance does.
     fn instantiate(&self) -> Result<Box<Instance>, PluginFailure> {
-        let host = HostState::new(self.name.clone(), self.state.clone(), self.config.memory_mb);
+        let host = HostState::new(self.name.clone(), self.state.clone(), &self.config);
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
         store.epoch_deadline_trap();

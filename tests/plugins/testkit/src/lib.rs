@@ -11,7 +11,7 @@
 //! | `select` | select_backend | picks the backend whose zone is the `x-zone` request header |
 //! | `counter` | on_request, on_response | counts requests and instances in shared counters, reports them in `x-count` and `x-inits` |
 //! | `loop` | on_request | spins forever when `x-loop` is present |
-//! | `hog` | on_request | allocates without end when `x-hog` is present |
+//! | `hog` | on_request | allocates without end when `x-hog` is present; stores in shared state without end when `x-hog-state` is |
 //! | `trap` | on_request | panics when `x-trap` is present; sets an invalid header value when `x-invalid` is, adds 2000 headers when `x-flood` is, answers with as many when `x-flood-reply` is |
 //! | `init-fail` | none | `init` fails |
 //! | `bench` | on_request | reads two headers and sets one: a cheap, typical hook |
@@ -44,6 +44,9 @@ pub const HITS: &str = "hits";
 /// The shared counter of instances initialised in counter mode.
 pub const INITS: &str = "inits";
 
+/// The size of the values hog mode stores in shared state.
+pub const HOG_VALUE: usize = 64 * 1024;
+
 /// The context key tag mode appends plugin names to.
 pub const TRAIL_KEY: &str = "trail";
 
@@ -66,7 +69,8 @@ pub const TRAIL_KEY: &str = "trail";
 ///   that must not see a restart sets a huge window such as 9223372036854775807).
 /// - `loop`: on_request spins forever when the request has header `x-loop`, else continues.
 /// - `hog`: on_request allocates 1 MiB chunks and keeps them, forever, when the request has header
-///   `x-hog`, else continues.
+///   `x-hog`; stores values of [`HOG_VALUE`] bytes under new keys of the shared state, forever,
+///   when it has `x-hog-state`; else continues.
 /// - `trap`: on_request panics with `testkit trap` when the request has header `x-trap`; with
 ///   `x-invalid` it sets `x-out` to a value with a line break (which the gateway must refuse); with
 ///   `x-flood` it adds [`FLOOD`] headers `x-flood-N` (more than one hook may), and with
@@ -171,6 +175,12 @@ impl Plugin for Testkit {
                     loop {
                         kept.push(vec![0u8; 1 << 20]);
                         std::hint::black_box(&mut kept);
+                    }
+                }
+                if req.header_str("x-hog-state").is_some() {
+                    let value = "x".repeat(HOG_VALUE);
+                    for n in 0u64.. {
+                        host::kv_set(&format!("hog-{n}"), &value, 0);
                     }
                 }
                 Action::Continue

@@ -2,7 +2,9 @@
 //! (`GET http://host/path`) go to their target over pooled HTTP/1.1 connections; `CONNECT
 //! host:port` opens a tunnel to one of the allowed ports. Policy comes first (the client must be
 //! in `allow`, a CONNECT port in `connect_ports`), then the listener's plugins, which see every
-//! request with its target in Host, so they can block sites or demand proxy credentials.
+//! request with its target in Host, so they can block sites or demand proxy credentials. The
+//! target's addresses are checked against `deny_targets` after the name is resolved, so a name
+//! that resolves to a denied address (`localtest.me`, a rebinding DNS server) is refused too.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -129,13 +131,27 @@ fn origin_form(target: &Target<'_>) -> Result<Uri, ProxyError> {
     Uri::try_from(text).map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))
 }
 
-/// The addresses of `host:port`, looked up within the connect timeout.
+/// The addresses of `host:port` the proxy may connect to, looked up within the connect timeout.
 async fn resolve(config: &ForwardProxy, address: &str) -> Result<Vec<SocketAddr>, ProxyError> {
-    match tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host(address)).await {
-        Ok(Ok(found)) => Ok(found.collect()),
-        Ok(Err(e)) => Err(ProxyError::Connect { backend: address.to_string(), cause: format!("cannot resolve: {e}") }),
-        Err(_) => Err(ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::Connect }),
+    let mut found: Vec<SocketAddr> =
+        match tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host(address)).await {
+            Ok(Ok(found)) => found.collect(),
+            Ok(Err(e)) => {
+                return Err(ProxyError::Connect {
+                    backend: address.to_string(),
+                    cause: format!("cannot resolve: {e}"),
+                });
+            }
+            Err(_) => return Err(ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::Connect }),
+        };
+    if found.is_empty() {
+        return Err(ProxyError::Connect { backend: address.to_string(), cause: "resolves to no address".into() });
     }
+    found.retain(|addr| !config.deny_targets.iter().any(|net| net.contains(addr.ip())));
+    if found.is_empty() {
+        return Err(ProxyError::Forbidden("this proxy does not connect to that address"));
+    }
+    Ok(found)
 }
 
 /// A proxy target as the connection pool sees it: HTTP/1.1, no TLS.

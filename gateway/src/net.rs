@@ -31,6 +31,14 @@ impl Cidr {
             _ => false,
         }
     }
+
+    /// Whether every address of this network is a loopback address.
+    pub fn is_loopback(&self) -> bool {
+        match self.network {
+            IpAddr::V4(net) => net.is_loopback() && self.prefix >= 8,
+            IpAddr::V6(net) => net.is_loopback() && self.prefix == 128,
+        }
+    }
 }
 
 impl FromStr for Cidr {

@@ -115,6 +115,42 @@ async fn plugins_demand_proxy_credentials_and_block_sites_for_requests_and_tunne
     assert_eq!(target.seen().len(), before + 1, "only the allowed tunnel reached the target");
 }
 
+/// A proxy that serves clients beyond loopback does not, by default, take them to the gateway's
+/// own host: not by address, not by a name that resolves there, not through an IPv4-mapped
+/// address, not through a tunnel. `deny_targets` overrides that.
+#[tokio::test]
+async fn a_proxy_open_to_other_hosts_does_not_reach_loopback_unless_told_to() {
+    let target = Backend::named("target").await;
+    let port = target.addr.port();
+    let open = format!("allow = [\"0.0.0.0/0\", \"::/0\"]\nconnect_ports = [{port}]");
+    let config = format!(
+        "{}{}",
+        forward_listener("open", &open),
+        forward_listener("local", &format!("{open}\ndeny_targets = [\"10.0.0.0/8\"]")),
+    );
+    let gateway = Gateway::start(&config);
+    let refused = "{\"error\":\"this proxy does not connect to that address\"}403\n";
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://0.0.0.0:{port}/"),
+    ] {
+        let (code, out, err) = curl_via(gateway.listeners["open"], &[], &url).await;
+        assert_eq!((code, out.as_str()), (0, refused), "{url}: {err}");
+    }
+    let tunnel = format!("http://127.0.0.1:{port}/");
+    let (code, _, err) = curl_via(gateway.listeners["open"], &["--proxytunnel"], &tunnel).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("CONNECT tunnel failed, response 403"), "{err}");
+    assert!(target.seen().is_empty(), "nothing reached the target");
+
+    let (code, out, err) = curl_via(gateway.listeners["local"], &[], &format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!((code, out.as_str()), (0, "target200\n"), "{err}");
+    let (code, out, err) = curl_via(gateway.listeners["local"], &["--proxytunnel"], &tunnel).await;
+    assert_eq!((code, out.as_str()), (0, "target200\n"), "{err}");
+}
+
 #[tokio::test]
 async fn clients_outside_the_allow_list_are_refused_and_anonymous_proxies_tell_nothing() {
     let target = Backend::named("target").await;

@@ -144,6 +144,12 @@ pub struct ForwardProxy {
     /// `allow = ["127.0.0.0/8", "::1/128"]` (the default: loopback only): the clients served;
     /// others get 403.
     pub allow: Vec<Cidr>,
+    /// `deny_targets = ["10.0.0.0/8"]`: the target addresses (as resolved, so a name cannot hide
+    /// one) this proxy never connects to; a request for one gets 403. The default keeps clients
+    /// from reaching through the proxy what only the gateway's host can: none while `allow`
+    /// admits loopback clients only, else loopback, unspecified and link-local addresses (the
+    /// gateway's admin API, local services, cloud metadata at 169.254.169.254).
+    pub deny_targets: Vec<Cidr>,
     /// `anonymous = false`: when true, what identifies the client (`Forwarded`,
     /// `X-Forwarded-For`, `Via`, `Proxy-Authorization` once plugins checked it) is removed, and
     /// nothing is added.

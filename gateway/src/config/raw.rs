@@ -79,6 +79,7 @@ pub struct RawListener {
     pub plugins: Option<Spanned<Vec<Spanned<Text>>>>,
     pub connect_ports: Option<Spanned<Vec<u16>>>,
     pub allow: Option<Spanned<Vec<Spanned<Text>>>>,
+    pub deny_targets: Option<Spanned<Vec<Spanned<Text>>>>,
     pub anonymous: Option<Spanned<bool>>,
     pub max_connections: Option<Spanned<u64>>,
 }

@@ -210,6 +210,7 @@ impl Validator<'_> {
             ("plugins", span(raw.plugins.as_ref().map(Spanned::span), forward)),
             ("connect_ports", span(raw.connect_ports.as_ref().map(Spanned::span), forward)),
             ("allow", span(raw.allow.as_ref().map(Spanned::span), forward)),
+            ("deny_targets", span(raw.deny_targets.as_ref().map(Spanned::span), forward)),
             ("anonymous", span(raw.anonymous.as_ref().map(Spanned::span), forward)),
         ];
         if let Some((key, Some(span))) = mode_keys.into_iter().find(|(_, span)| span.is_some()) {
@@ -221,11 +222,7 @@ impl Validator<'_> {
             };
             return Err(self.err(span, format!("`{key}` does not apply to {protocol} listener; remove it")));
         }
-        let trusted_proxies = raw
-            .trusted_proxies
-            .iter()
-            .map(|c| c.get_ref().0.parse::<Cidr>().map_err(|e| self.err(c.span(), e)))
-            .collect::<Result<_>>()?;
+        let trusted_proxies = self.cidr_list(&raw.trusted_proxies)?;
         let listener = ListenerConfig {
             name: raw.name.get_ref().0.clone(),
             listen: self.socket_addr(&raw.listen)?,
@@ -278,14 +275,10 @@ impl Validator<'_> {
                 format!("a listener may have at most {} plugins", crate::plugin::chain::MAX_PLUGINS_PER_ROUTE),
             ));
         }
-        let allow = match &raw.allow {
-            None => vec!["127.0.0.0/8".parse().expect("a CIDR"), "::1/128".parse().expect("a CIDR")],
-            Some(list) => list
-                .get_ref()
-                .iter()
-                .map(|c| c.get_ref().0.parse::<Cidr>().map_err(|e| self.err(c.span(), e)))
-                .collect::<Result<_>>()?,
-        };
+        let allow = self.cidrs(&raw.allow, &["127.0.0.0/8", "::1/128"])?;
+        let local = ["127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128", "169.254.0.0/16", "fe80::/10"];
+        let local_clients_only = allow.iter().all(Cidr::is_loopback);
+        let deny_targets = self.cidrs(&raw.deny_targets, if local_clients_only { &[] } else { &local })?;
         let connect_ports = match &raw.connect_ports {
             None => vec![443],
             Some(ports) if ports.get_ref().contains(&0) => {
@@ -297,11 +290,24 @@ impl Validator<'_> {
             plugins: listed.iter().map(|p| self.reference("plugin", p, plugins)).collect::<Result<_>>()?,
             connect_ports,
             allow,
+            deny_targets,
             anonymous: raw.anonymous.as_ref().is_some_and(|a| *a.get_ref()),
             connect_timeout: self.duration(raw.connect_timeout_ms.clone(), 2_000)?,
             timeout: self.duration(raw.timeout_ms.clone(), 30_000)?,
             idle_timeout: self.duration(raw.idle_timeout_ms.clone(), 300_000)?,
         })
+    }
+
+    /// A list of networks, or `default` when the key is absent.
+    fn cidrs(&self, list: &Option<Spanned<Vec<Spanned<Text>>>>, default: &[&str]) -> Result<Vec<Cidr>> {
+        match list {
+            None => Ok(default.iter().map(|c| c.parse().expect("a valid default network")).collect()),
+            Some(list) => self.cidr_list(list.get_ref()),
+        }
+    }
+
+    fn cidr_list(&self, list: &[Spanned<Text>]) -> Result<Vec<Cidr>> {
+        list.iter().map(|c| c.get_ref().0.parse::<Cidr>().map_err(|e| self.err(c.span(), e))).collect()
     }
 
     fn certificate_files(&self, cert: &Text, key: &Text) -> CertificateFiles {

@@ -1,8 +1,8 @@
 //! What a plugin instance can reach: the `host` interface of the WIT, and an empty WASI.
 //!
 //! Every instance's store carries a [`HostState`]: the plugin's name (for logs and as the
-//! namespace of its shared state), its memory limit and shared-state quota, and the line buffer of what the guest writes
-//! to stdout or stderr (see `wasi`), which goes to the log a line at a time.
+//! namespace of its shared state), its memory limit and shared-state quota, and the line buffer of
+//! what the guest writes to stdout or stderr (see `wasi`), which goes to the log a line at a time.
 
 use std::sync::Arc;
 use std::time::Duration;

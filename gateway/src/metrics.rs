@@ -46,6 +46,11 @@ struct PluginLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabels {
+    plugin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -76,6 +81,7 @@ pub struct Metrics {
     tcp_active: Family<ListenerLabels, Gauge>,
     state_counters: Gauge,
     state_values: Gauge,
+    state_bytes: Family<StateLabels, Gauge>,
 }
 
 /// A worker's request counters of one route, by status.
@@ -236,6 +242,12 @@ impl Metrics {
             "Values plugins stored, after the last sweep of those that expired",
             state_values.clone(),
         );
+        let state_bytes = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "plugin_state_bytes",
+            "Bytes charged to each plugin's shared state, against its state_mb",
+            state_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -249,6 +261,7 @@ impl Metrics {
             tcp_active,
             state_counters,
             state_values,
+            state_bytes,
         }
     }
 
@@ -332,10 +345,13 @@ impl Metrics {
         Active(active)
     }
 
-    /// Records how many entries the plugins' shared state holds.
-    pub fn plugin_state(&self, entries: crate::plugin::state::Entries) {
+    /// Records how many entries the plugins' shared state holds, and each plugin's bytes.
+    pub fn plugin_state(&self, entries: crate::plugin::state::Entries, usage: Vec<(String, usize)>) {
         self.state_counters.set(entries.counters as i64);
         self.state_values.set(entries.values as i64);
+        for (plugin, bytes) in usage {
+            self.state_bytes.get_or_create(&StateLabels { plugin }).set(bytes as i64);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -163,8 +163,10 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     let reply = client.send(get_with("/loop", &[])).await;
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
     // The state hog kept what fits in its 1 MiB: 15 values of 64 KiB (with their keys and the
-    // per-entry charge, a 16th would not fit).
+    // per-entry charge, a 16th would not fit): 15 × (65 536 + 176) bytes and the keys `hog-0` to
+    // `hog-14` (80 bytes).
     gateway.wait_for_metric("sluice_plugin_state_values 15").await;
+    gateway.wait_for_metric("sluice_plugin_state_bytes{plugin=\"hog\"} 985760").await;
     // Every failure counts as one: a trap, and a result the gateway refused.
     let metrics = get(gateway.admin(), "admin", "/metrics").await.body;
     for (outcome, count) in [("ok", 4), ("error", 4), ("timeout", 0)] {

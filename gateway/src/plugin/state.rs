@@ -244,10 +244,9 @@ impl InMemoryState {
         left
     }
 
-    /// The bytes charged to `namespace`.
-    #[cfg(test)]
-    fn used(&self, namespace: &str) -> usize {
-        self.space(namespace).used.load(Ordering::Relaxed)
+    /// The bytes charged to each plugin's state, by plugin name.
+    pub fn usage(&self) -> Vec<(String, usize)> {
+        self.spaces.iter().map(|space| (space.key().clone(), space.used.load(Ordering::Relaxed))).collect()
     }
 }
 
@@ -258,7 +257,7 @@ pub fn sweep_every_interval(state: Weak<InMemoryState>) -> std::io::Result<()> {
         loop {
             std::thread::sleep(SWEEP_INTERVAL);
             let Some(state) = state.upgrade() else { return };
-            METRICS.plugin_state(state.sweep());
+            METRICS.plugin_state(state.sweep(), state.usage());
         }
     })?;
     Ok(())
@@ -392,6 +391,10 @@ mod tests {
         Swap { expected, new }
     }
 
+    fn used(state: &InMemoryState, plugin: &str) -> usize {
+        state.usage().into_iter().find(|(name, _)| name == plugin).map_or(0, |(_, bytes)| bytes)
+    }
+
     fn state_at(ms: u64) -> InMemoryState {
         NOW.set(ms);
         InMemoryState { clock: Some(|| NOW.get()), ..InMemoryState::default() }
@@ -471,7 +474,7 @@ mod tests {
         assert!(state.kv_set("p", quota, "v", String::new(), Duration::ZERO).is_err(), "values share the quota");
         NOW.set(12_000);
         state.sweep();
-        assert_eq!(state.used("p"), 0, "swept counters give their bytes back");
+        assert_eq!(used(&state, "p"), 0, "swept counters give their bytes back");
 
         let quota = value_cost("v", "1234");
         state.kv_set("p", quota, "v", "12".into(), Duration::ZERO).unwrap();
@@ -484,13 +487,13 @@ mod tests {
         assert!(
             state.kv_compare_and_swap("p", quota, "v", swap(Some("12"), Some("1234".into())), Duration::ZERO).unwrap()
         );
-        assert_eq!(state.used("p"), quota);
+        assert_eq!(used(&state, "p"), quota);
         state.kv_set("p", quota, "v", "1".into(), Duration::ZERO).unwrap();
-        assert_eq!(state.used("p"), value_cost("v", "1"), "a smaller value gives bytes back");
+        assert_eq!(used(&state, "p"), value_cost("v", "1"), "a smaller value gives bytes back");
         assert!(state.kv_compare_and_swap("p", quota, "v", swap(Some("1"), None), Duration::ZERO).unwrap());
         state.kv_set("p", quota, "w", "1".into(), Duration::from_millis(10)).unwrap();
         NOW.set(12_010);
         state.sweep();
-        assert_eq!(state.used("p"), 0, "deleted and expired values give their bytes back");
+        assert_eq!(used(&state, "p"), 0, "deleted and expired values give their bytes back");
     }
 }

@@ -25,7 +25,8 @@ fn main() {
 
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-static RUNTIME: LazyLock<PluginRuntime> = LazyLock::new(|| PluginRuntime::new().expect("the Wasm engine starts"));
+static RUNTIME: LazyLock<PluginRuntime> =
+    LazyLock::new(|| PluginRuntime::new(sluice::plugin::limits::MIN_INSTANCES).expect("the Wasm engine starts"));
 
 fn plugin(mode: &str) -> LoadedPlugin {
     load("testkit", serde_json::json!({ "mode": mode }))

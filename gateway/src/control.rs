@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::{self, Config};
 use crate::metrics::METRICS;
-use crate::plugin::PluginRuntime;
+use crate::plugin::{PluginRuntime, limits};
 use crate::snapshot::Snapshot;
 
 /// What the control plane asks a worker to do.
@@ -56,7 +56,9 @@ impl Control {
         config: Config,
         workers: Vec<UnboundedSender<WorkerCommand>>,
     ) -> anyhow::Result<Control> {
-        let runtime = PluginRuntime::new()?;
+        // Room for this config's plugins twice over: the old and the new snapshot of a reload.
+        let needed = limits::instances_needed(workers.len(), 2 * config.plugins.len());
+        let runtime = PluginRuntime::new(needed.max(limits::MIN_INSTANCES))?;
         let snapshot = Snapshot::build(config, 1, &runtime).map_err(anyhow::Error::msg)?;
         snapshot.spawn_background();
         let control = Control {
@@ -106,6 +108,8 @@ impl Control {
         })
         .await
         .map_err(|e| format!("the reload task failed: {e}"))??;
+        let plugins = self.snapshots.load().plugins.len() + snapshot.plugins.len();
+        self.runtime.check_capacity(limits::instances_needed(self.workers.len(), plugins))?;
         self.open_listeners(&snapshot.config)?;
         snapshot.spawn_background();
         let kept: Vec<&str> = snapshot.plugins.iter().map(|p| p.sha256.as_str()).collect();

@@ -48,7 +48,7 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<String> {
         config.routes.len(),
         config.plugins.len()
     );
-    let runtime = plugin::PluginRuntime::new()?;
+    let runtime = plugin::PluginRuntime::new(plugin::limits::MIN_INSTANCES)?;
     snapshot::Snapshot::build(config, 1, &runtime).map_err(anyhow::Error::msg)?;
     Ok(summary)
 }

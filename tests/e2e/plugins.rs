@@ -184,6 +184,47 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     );
 }
 
+/// A worker keeps an instance of every plugin it calls, so the pool is sized from the config at
+/// start: one worker calling 1024 plugins (16 routes of 64) needs more than the pool's floor of
+/// 1000. A reload that would not fit beside the running config is refused, and the running one
+/// keeps serving.
+#[tokio::test]
+async fn the_instance_pool_is_sized_for_the_plugins_and_workers() {
+    let backend = Backend::named("ok").await;
+    let with_plugins = |count: usize| {
+        let names: Vec<String> = (0..count).map(|i| format!("p{i}")).collect();
+        let plugins: Vec<String> = names.iter().map(|name| testkit(name, "bench", "")).collect();
+        let routes: Vec<String> = names
+            .chunks(64)
+            .enumerate()
+            .map(|(route, chain)| {
+                let chain: Vec<String> = chain.iter().map(|name| format!("\"{name}\"")).collect();
+                format!(
+                    "[[route]]\nname = \"r{route}\"\npath_prefix = \"/r{route}\"\nupstream = \"u\"\nplugins = [{}]\n",
+                    chain.join(", ")
+                )
+            })
+            .collect();
+        format!("{LISTENER}\n{}\n{}\n{}", plugins.join("\n"), upstream("u", &[&backend]), routes.join("\n"))
+    };
+    let gateway = Gateway::start_with_workers(&with_plugins(1024), 1);
+    let mut client = Client::connect(gateway.addr()).await;
+    for route in 0..16 {
+        let reply = client.get("x", &format!("/r{route}")).await;
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"), "/r{route}");
+    }
+
+    // (1024 + 1025) plugins × 1 worker + 64 spare = 2113 > 2112, the pool sized for 1024.
+    gateway.write_config(&with_plugins(1025));
+    let reply = gateway.reload().await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let expected = "the plugins would need up to 2113 instances (one per plugin and worker, for the old and \
+                    the new config while a reload overlaps them) but the gateway started with room for 2112";
+    assert!(reply.body.contains(expected), "{}", reply.body);
+    let reply = client.get("x", "/r15").await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+}
+
 #[tokio::test]
 async fn shared_counters_span_instances_and_in_flight_requests_do_not_multiply_instances() {
     let slow = Backend::start(|_req| async {

@@ -138,15 +138,20 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with the config file in `dir` (which may hold plugin files).
     pub fn start_in(dir: TempDir, config: &str) -> Gateway {
-        Gateway::launch(dir, config, None)
+        Gateway::launch(dir, config, 2, None)
     }
 
     /// Like [`Gateway::start`], allowed at most `max` open file descriptors (`RLIMIT_NOFILE`).
     pub fn start_with_open_files(config: &str, max: u64) -> Gateway {
-        Gateway::launch(TempDir::new(), config, Some(max))
+        Gateway::launch(TempDir::new(), config, 2, Some(max))
     }
 
-    fn launch(dir: TempDir, config: &str, max_open_files: Option<u64>) -> Gateway {
+    /// Like [`Gateway::start`], with `workers` worker threads instead of 2.
+    pub fn start_with_workers(config: &str, workers: usize) -> Gateway {
+        Gateway::launch(TempDir::new(), config, workers, None)
+    }
+
+    fn launch(dir: TempDir, config: &str, workers: usize, max_open_files: Option<u64>) -> Gateway {
         let config = if config.contains("[admin]") {
             config.to_string()
         } else {
@@ -154,7 +159,8 @@ impl Gateway {
         };
         let path = dir.write("sluice.toml", &config);
         let mut command = Command::new(SLUICE);
-        command.args(["run", "-c"]).arg(&path).args(["--workers", "2"]).stdout(Stdio::null()).stderr(Stdio::piped());
+        command.args(["run", "-c"]).arg(&path).arg("--workers").arg(workers.to_string());
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
         // The gateway gets SIGTERM when the thread that started it ends, so a test run that is
         // killed (or a test that panics past its drop) leaves no gateway behind.
         // SAFETY: prctl and setrlimit are async-signal-safe and touch nothing of the parent.

@@ -14,8 +14,21 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest `memory_mb` a plugin may ask for; also the pooling allocator's slot size.
 pub const MAX_MEMORY_MB: u32 = 256;
 
-/// Instances the pooling allocator can hold at once across all plugins and snapshots.
-pub const MAX_INSTANCES: u32 = 1000;
+/// The least the pooling allocator holds, however small the config: room for reloads that add
+/// plugins. Each slot reserves (never commits) ~8 GiB of address space for its memories.
+pub const MIN_INSTANCES: u32 = 1000;
+
+/// Instances kept apart for `init` checks at load, beyond what the workers hold.
+const SPARE_INSTANCES: u32 = 64;
+
+/// The instances `plugins` plugins can need at once on `workers` workers: one each per worker (a
+/// hook call is synchronous, so a worker uses one instance of a plugin at a time and keeps it for
+/// the next call). While a reload's new snapshot serves beside the old one, `plugins` counts the
+/// plugins of both.
+pub fn instances_needed(workers: usize, plugins: usize) -> u32 {
+    let needed = workers.saturating_mul(plugins).saturating_add(SPARE_INSTANCES as usize);
+    u32::try_from(needed).unwrap_or(u32::MAX)
+}
 
 /// The largest `random-bytes` request a plugin may make.
 pub const MAX_RANDOM_BYTES: u32 = 4096;

@@ -17,7 +17,7 @@ use super::clock::EpochClock;
 use super::disk_cache::DiskCache;
 use super::host::HostState;
 use super::instance::LoadedPlugin;
-use super::limits::{MAX_INSTANCES, MAX_MEMORY_MB};
+use super::limits::MAX_MEMORY_MB;
 use super::state::{self, InMemoryState, SharedState};
 use crate::config::PluginConfig;
 
@@ -33,26 +33,45 @@ pub struct PluginRuntime {
     cache: Option<DiskCache>,
     /// Components by the SHA-256 of their Wasm, so a reload compiles only what changed.
     compiled: Arc<Mutex<HashMap<String, Component>>>,
+    /// The instances the pooling allocator holds at once, fixed when the engine starts.
+    capacity: u32,
 }
 
 impl PluginRuntime {
-    /// Creates the engine (pooling allocator, epoch deadlines) and starts its epoch clock.
-    pub fn new() -> anyhow::Result<PluginRuntime> {
+    /// Creates the engine (a pooling allocator of `capacity` instances, epoch deadlines) and starts
+    /// its epoch clock.
+    pub fn new(capacity: u32) -> anyhow::Result<PluginRuntime> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 4)
-            .total_memories(MAX_INSTANCES * 2)
-            .total_tables(MAX_INSTANCES * 2)
+            .total_component_instances(capacity)
+            .total_core_instances(capacity.saturating_mul(4))
+            .total_memories(capacity.saturating_mul(2))
+            .total_tables(capacity.saturating_mul(2))
             .max_memory_size(MAX_MEMORY_MB as usize * 1024 * 1024);
         let mut config = Config::new();
         config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
+        let engine = Engine::new(&config).map_err(|e| {
+            anyhow::anyhow!("cannot start the Wasm engine with room for {capacity} plugin instances: {e}")
+        })?;
         let clock = EpochClock::start(&engine)?;
         let state = Arc::new(InMemoryState::default());
         state::sweep_every_interval(Arc::downgrade(&state))
             .map_err(|e| anyhow::anyhow!("cannot start the thread that sweeps plugin state: {e}"))?;
-        Ok(PluginRuntime { engine, clock, state, cache: DiskCache::open(), compiled: Arc::default() })
+        Ok(PluginRuntime { engine, clock, state, cache: DiskCache::open(), compiled: Arc::default(), capacity })
+    }
+
+    /// Whether `needed` instances (see [`instances_needed`](super::limits::instances_needed)) fit
+    /// in the engine's pool; the error says what to do.
+    pub fn check_capacity(&self, needed: u32) -> Result<(), String> {
+        if needed > self.capacity {
+            return Err(format!(
+                "the plugins would need up to {needed} instances (one per plugin and worker, for the old \
+                 and the new config while a reload overlaps them) but the gateway started with room for \
+                 {}: restart it to size the pool for this config, or use fewer plugins or workers",
+                self.capacity
+            ));
+        }
+        Ok(())
     }
 
     /// Loads the plugin `config` names: read, compile (or take from the cache), check the

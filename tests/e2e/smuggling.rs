@@ -55,6 +55,48 @@ async fn framing_attacks_get_400_and_a_closed_connection_and_never_reach_the_bac
     assert!(backend.seen().is_empty(), "forwarded: {:?}", backend.seen());
 }
 
+/// A plugin may not set the headers that frame a message: a `Content-Length: 0` set on this
+/// request would have the backend read the body as a second request (and answer it to whoever
+/// next uses that pooled connection). Setting one is an invalid result: 500, nothing forwarded,
+/// the reason logged. On responses too.
+#[tokio::test]
+async fn plugins_cannot_set_the_headers_that_frame_a_message() {
+    let backend = Backend::named("b").await;
+    let rewrite = |name: &str, table: &str, header: &str| {
+        let wasm = plugin_wasm("rewrite");
+        format!(
+            "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n[plugin.config.{table}]\nset = {{ \"{header}\" = \"0\" }}\n",
+            wasm.display()
+        )
+    };
+    let route = |name: &str| {
+        format!("[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"u\"\nplugins = [\"{name}\"]\n")
+    };
+    let config = format!(
+        "{LISTENER}\n{}\n{}\n{}\n{}\n{}",
+        rewrite("length", "request_headers", "content-length"),
+        rewrite("chunked", "response_headers", "transfer-encoding"),
+        upstream("u", &[&backend]),
+        route("length"),
+        route("chunked"),
+    );
+    let gateway = Gateway::start(&config);
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let request = format!(
+        "POST /length HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let (reply, _) = raw_exchange(gateway.addr(), request.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 500 "), "{reply}");
+    gateway.wait_for_log("header `content-length` frames the message: only the gateway sets it");
+    let (reply, _) =
+        raw_exchange(gateway.addr(), b"GET /chunked HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 500 "), "{reply}");
+    gateway.wait_for_log("header `transfer-encoding` frames the message: only the gateway sets it");
+    // rewrite asks for its response headers in on-request, so both were refused before the backend.
+    assert!(backend.seen().is_empty(), "{:?}", backend.seen().into_iter().map(|s| s.uri).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn well_framed_pipelines_with_line_feeds_in_their_bodies_are_served_whole() {
     let backend = Backend::named("b").await;

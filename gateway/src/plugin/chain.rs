@@ -339,8 +339,15 @@ fn header_name(name: &[u8]) -> Result<HeaderName, PluginFailure> {
         .map_err(|_| invalid(format!("`{}` is not a header name", String::from_utf8_lossy(name))))
 }
 
+/// A header a plugin sets, checked. `Content-Length` and `Transfer-Encoding` frame the message and
+/// the gateway sets them from the body it sends: a plugin's value could make a backend read a
+/// second request out of this one's body, on a connection other clients' requests share. Plugins
+/// may remove them, never set them.
 fn header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), PluginFailure> {
     let name = header_name(name)?;
+    if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+        return Err(invalid(format!("header `{name}` frames the message: only the gateway sets it")));
+    }
     let value = HeaderValue::from_bytes(value).map_err(|_| invalid(format!("header `{name}` has an invalid value")))?;
     Ok((name, value))
 }

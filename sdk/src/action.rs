@@ -10,7 +10,7 @@
 /// [`ResponseAction::Replace`] puts in place of the backend's response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
-    /// The status code; the contract allows 100 to 999.
+    /// The status code: a final one, 200 to 999 (the gateway refuses 1xx as an invalid result).
     pub status: u16,
     /// The headers, in order; names are sent as given and compared without regard to case.
     pub headers: Vec<(String, String)>,

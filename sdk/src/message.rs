@@ -279,7 +279,7 @@ impl Response {
         self.status
     }
 
-    /// Changes the status code (100 to 999).
+    /// Changes the status code (200 to 999; 1xx is an invalid result).
     pub fn set_status(&mut self, status: u16) {
         self.status = status;
         self.changes.status = Some(status);

@@ -59,6 +59,17 @@ async fn a_short_circuit_is_seen_by_every_plugin_that_ran_and_never_reaches_the_
     assert_eq!(reply.headers["x-seen-a"], "403");
     assert!(!reply.headers.contains_key("x-seen-c"), "c's on-request never ran, so its on-response does not");
     assert!(backend.seen().is_empty());
+
+    // An informational status is no answer: an invalid result, like any other.
+    for status in ["101", "103"] {
+        let reply = Client::connect(gateway.addr()).await.send(get_with("/x", &[("x-respond-b", status)])).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.body.as_str()),
+            (500, r#"{"error":"a plugin failed on this request"}"#)
+        );
+        gateway.wait_for_log(&format!("{status} is informational: a plugin's status must be final (200 to 999)"));
+    }
+    assert!(backend.seen().is_empty());
 }
 
 #[tokio::test]

@@ -414,8 +414,17 @@ fn apply_context(context: &mut Vec<u8>, changes: &[u8]) {
     }
 }
 
+/// A status a plugin answers with or sets: a final one. An informational status (1xx) is not an
+/// answer: HTTP/1 would send it and keep the client waiting for the real one (hyper refuses it
+/// with an empty 500; a 101 would switch a connection nobody asked to upgrade).
 fn status_code(status: u16) -> Result<StatusCode, PluginFailure> {
-    StatusCode::from_u16(status).map_err(|_| invalid(format!("{status} is not a status code")))
+    match StatusCode::from_u16(status) {
+        Ok(code) if code.is_informational() => {
+            Err(invalid(format!("{status} is informational: a plugin's status must be final (200 to 999)")))
+        }
+        Ok(code) => Ok(code),
+        Err(_) => Err(invalid(format!("{status} is not a status code"))),
+    }
 }
 
 /// A response a plugin made, as the gateway sends it.

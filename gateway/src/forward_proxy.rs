@@ -133,17 +133,11 @@ fn origin_form(target: &Target<'_>) -> Result<Uri, ProxyError> {
 
 /// The addresses of `host:port` the proxy may connect to, looked up within the connect timeout.
 async fn resolve(config: &ForwardProxy, address: &str) -> Result<Vec<SocketAddr>, ProxyError> {
-    let mut found: Vec<SocketAddr> =
-        match tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host(address)).await {
-            Ok(Ok(found)) => found.collect(),
-            Ok(Err(e)) => {
-                return Err(ProxyError::Connect {
-                    backend: address.to_string(),
-                    cause: format!("cannot resolve: {e}"),
-                });
-            }
-            Err(_) => return Err(ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::Connect }),
-        };
+    let mut found: Vec<SocketAddr> = tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host(address))
+        .await
+        .map_err(|_| ProxyError::Timeout { backend: address.to_string(), phase: TimeoutPhase::Connect })?
+        .map_err(|e| ProxyError::Connect { backend: address.to_string(), cause: format!("cannot resolve: {e}") })?
+        .collect();
     if found.is_empty() {
         return Err(ProxyError::Connect { backend: address.to_string(), cause: "resolves to no address".into() });
     }

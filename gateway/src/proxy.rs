@@ -299,8 +299,9 @@ async fn forward_to_backend<'s>(
         }
     };
 
-    // Answer.
-    *response.version_mut() = client_version;
+    // Answer. An HTTP/1.0 client gets an HTTP/1.1 response here, which hyper writes as 1.0,
+    // keeping the connection when the client asked for keep-alive (a 1.0 response would close it).
+    *response.version_mut() = if client_version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 };
     if let Some(client_upgrade) = client_upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {

@@ -1,4 +1,4 @@
-//! HTTP/2 clients, gRPC-style HTTP/2 upstreams with trailers, and WebSocket upgrades.
+//! HTTP/1.0 and HTTP/2 clients, gRPC-style HTTP/2 upstreams with trailers, and WebSocket upgrades.
 
 use std::time::Duration;
 
@@ -34,6 +34,21 @@ async fn an_http2_client_reaches_an_http1_backend() {
         assert_eq!((seen.version, seen.uri.as_str()), (Version::HTTP_11, path));
         assert_eq!(seen.headers["host"], "h2.test");
     }
+}
+
+#[tokio::test]
+async fn an_http1_0_client_keeps_its_connection_when_it_asks_to() {
+    let backend = Backend::named("b").await;
+    let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"b\"\n", upstream("b", &[&backend]));
+    let gateway = Gateway::start(&config);
+    // Two requests on one connection: the first asks for keep-alive, the second does not.
+    let requests = b"GET /a HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\nHost: h\r\n\r\n";
+    let (reply, closed) = raw_exchange(gateway.addr(), requests).await;
+    let answers: Vec<&str> = reply.split("HTTP/1.0 200 OK\r\n").skip(1).collect();
+    assert!(closed && answers.len() == 2, "{reply}");
+    assert!(answers[0].contains("connection: keep-alive\r\n") && answers[0].ends_with("\r\n\r\nb"), "{reply}");
+    assert!(!answers[1].contains("keep-alive") && answers[1].ends_with("\r\n\r\nb"), "{reply}");
+    assert_eq!(backend.seen().iter().map(|r| r.uri.as_str()).collect::<Vec<_>>(), ["/a", "/b"]);
 }
 
 #[tokio::test]

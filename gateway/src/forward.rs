@@ -40,37 +40,49 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 
 /// Whether a `Connection` header of `headers` names `token`.
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop headers; an upgrade keeps its `Upgrade` header and `Connection: upgrade`.
 /// `TE: trailers` survives, since gRPC backends require it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none: one pass over the names beats a lookup per hop-by-hop header.
+    // Most messages carry none, and most others only `Connection: keep-alive` (every nginx
+    // response does). Each removal hashes its name, so one pass over the names finds which are
+    // there, and only those are removed.
     let hop = hop_by_hop();
-    if !headers.keys().any(|name| name == header::CONNECTION || hop.contains(&name)) {
-        return;
-    }
-    let named: Vec<HeaderValue> = match headers.entry(header::CONNECTION) {
-        header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
-        header::Entry::Vacant(_) => Vec::new(),
-    };
-    for connection in named {
-        if let Ok(names) = connection.to_str() {
-            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if !(upgrade && name.eq_ignore_ascii_case("upgrade")) {
-                    headers.remove(name);
-                }
-            }
+    let mut present = 0u8;
+    let mut connection = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if let Some(i) = hop.iter().position(|h| *h == name) {
+            present |= 1 << i;
         }
     }
-    let te_trailers = headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let upgrade_to = if upgrade { headers.remove(header::UPGRADE) } else { None };
-    for name in hop {
-        headers.remove(name);
+    if !connection && present == 0 {
+        return;
+    }
+    let kept = |name: &str| upgrade && name.eq_ignore_ascii_case("upgrade");
+    let names_others = connection_tokens(headers)
+        .any(|name| !kept(name) && !hop.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)));
+    if names_others {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|name| !kept(name))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    headers.remove(header::CONNECTION);
+    let has = |name: &HeaderName| hop.iter().position(|h| *h == name).is_some_and(|i| present & (1 << i) != 0);
+    let te_trailers =
+        has(&header::TE) && headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade_to = if upgrade && has(&header::UPGRADE) { headers.remove(header::UPGRADE) } else { None };
+    for (i, name) in hop.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -79,6 +91,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// The names a message's `Connection` headers list, trimmed.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
 }
 
 /// Adds `peer` (an address as text) to the end of `X-Forwarded-For`.
@@ -195,6 +218,18 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn drops_connection_and_only_what_it_names() {
+        let mut h = headers(&[("connection", "close"), ("te", "trailers"), ("server", "nginx")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h["te"], "trailers");
+        let mut h = headers(&[("connection", "Keep-Alive"), ("server", "nginx")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["server"], "nginx");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! histogram are split into a shard per worker thread, summed when scraped.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use rustc_hash::FxHashMap;
 
 /// A label value shared without copying.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -272,7 +273,7 @@ impl Metrics {
         // family (behind a lock) is asked once per route and status, not once per request. Names
         // are the key, not the `Arc`s, so a reload that rebuilds the routes adds nothing.
         thread_local! {
-            static COUNTERS: RefCell<HashMap<Arc<str>, ByStatus>> = RefCell::default();
+            static COUNTERS: RefCell<FxHashMap<Arc<str>, ByStatus>> = RefCell::default();
         }
         let route = route.unwrap_or(&NO_ROUTE);
         COUNTERS.with_borrow_mut(|counters| {

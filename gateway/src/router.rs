@@ -93,9 +93,10 @@ impl Route {
 /// IPv6 literal kept, without a trailing dot. The case is left as it is: compare it with
 /// `eq_ignore_ascii_case`.
 pub fn host_without_port(host: &str) -> &str {
-    let host = match host.find(']') {
-        Some(end) if host.starts_with('[') => &host[..=end],
-        _ => host.split_once(':').map_or(host, |(name, _)| name),
+    let literal_end = if host.starts_with('[') { host.find(']') } else { None };
+    let host = match literal_end {
+        Some(end) => &host[..=end],
+        None => host.split_once(':').map_or(host, |(name, _)| name),
     };
     host.strip_suffix('.').unwrap_or(host)
 }

@@ -230,6 +230,11 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["server"], "nginx");
+        // A client that sends TE must name it in Connection (RFC 9110 §10.1.4): `trailers` stays.
+        let mut h = headers(&[("connection", "TE"), ("te", "trailers")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["te"], "trailers");
     }
 
     #[test]

@@ -59,9 +59,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             present |= 1 << i;
         }
     }
-    if !connection && present == 0 {
+    if connection {
+        remove_connection(headers, upgrade, &hop);
+    }
+    if present == 0 {
         return;
     }
+    let te_trailers = headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade_to = if upgrade { headers.remove(header::UPGRADE) } else { None };
+    for (i, name) in hop.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = upgrade_to {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes `Connection` and the headers it names; the hop-by-hop ones among them are left to the
+/// caller, which removes them anyway (most messages name only those: `keep-alive`, `close`).
+fn remove_connection(headers: &mut HeaderMap, upgrade: bool, hop: &[&HeaderName]) {
     let kept = |name: &str| upgrade && name.eq_ignore_ascii_case("upgrade");
     let names_others = connection_tokens(headers)
         .any(|name| !kept(name) && !hop.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)));
@@ -75,22 +97,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
     }
     headers.remove(header::CONNECTION);
-    let has = |name: &HeaderName| hop.iter().position(|h| *h == name).is_some_and(|i| present & (1 << i) != 0);
-    let te_trailers =
-        has(&header::TE) && headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let upgrade_to = if upgrade && has(&header::UPGRADE) { headers.remove(header::UPGRADE) } else { None };
-    for (i, name) in hop.into_iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if let Some(protocol) = upgrade_to {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
 }
 
 /// The names a message's `Connection` headers list, trimmed.

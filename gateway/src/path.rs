@@ -57,7 +57,9 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
 
 /// Whether `path` can be routed as it is: it starts with `/` and has no dot segment.
 pub(crate) fn is_normal(path: &str) -> bool {
-    path.strip_prefix('/').is_some_and(|rest| !rest.split('/').any(|segment| matches!(dots(segment), 1 | 2)))
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    // Most paths have no dot or percent sign at all: one pass over the bytes, no segment split.
+    !rest.bytes().any(|b| b == b'.' || b == b'%') || !rest.split('/').any(|segment| matches!(dots(segment), 1 | 2))
 }
 
 /// How many dots `segment` is made of if it is nothing but dots (`.`, `%2e`, `%2E`), else 0.

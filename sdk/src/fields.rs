@@ -2,9 +2,11 @@
 //!
 //! Each entry is `name length (u32 LE)`, `name`, `value length (u32 LE)`, `value`. The host sends
 //! request headers, response headers and the request context this way, so they cross into the
-//! plugin as one copy. [`Fields`] keeps that buffer as it came and reads it in place; a change
-//! rewrites the buffer, so later reads in the same hook see it. Header lists are short, so a
-//! linear scan beats building a map the hook may never use.
+//! plugin as one copy. [`Fields`] keeps that buffer as it came and reads it in place. A change is
+//! only recorded, already in the encoding the host takes back; reads see the received entries
+//! through the recorded changes. A hook that changes a header after reading it (the usual order)
+//! so never rewrites or grows the buffer it received. Header lists are short, so a linear scan
+//! beats building a map the hook may never use.
 //!
 //! A malformed buffer (a length running past the end) is read up to the last whole entry; the
 //! codec never panics.
@@ -13,68 +15,82 @@ use std::fmt;
 
 use crate::HeaderOp;
 
-/// How names compare: header names ignore ASCII case, context keys do not.
+/// What a list holds, which decides how its names compare and how its changes are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Names {
-    /// Header names: ASCII case-insensitive.
-    CaseInsensitive,
-    /// Context keys: exact.
-    Exact,
+pub(crate) enum Kind {
+    /// Headers: names ignore ASCII case; changes are a WIT `header-changes` list.
+    Headers,
+    /// The request context: keys are exact; changes are a `fields` list in which an empty value
+    /// removes the key.
+    Context,
 }
 
-impl Names {
+impl Kind {
     fn matches(self, stored: &[u8], wanted: &[u8]) -> bool {
         match self {
-            Names::CaseInsensitive => stored.eq_ignore_ascii_case(wanted),
-            Names::Exact => stored == wanted,
+            Kind::Headers => stored.eq_ignore_ascii_case(wanted),
+            Kind::Context => stored == wanted,
         }
     }
 }
 
-/// A list of name/value pairs in the flat `fields` encoding.
+/// A list of name/value pairs as received in the flat `fields` encoding, with the changes made
+/// to it since.
 ///
-/// The entries are `buf[start..]`; the bytes before `start` belong to someone else (the request
-/// line's pseudo-header entries, which [`Request`](crate::Request) reads in place) and are never
-/// touched, so offsets into them stay valid whatever the entries go through.
+/// The received entries are `buf[start..]`; the bytes before `start` belong to someone else (the
+/// request line's pseudo-header entries, which [`Request`](crate::Request) reads in place). The
+/// buffer is never changed, so offsets into it stay valid.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Fields {
     buf: Vec<u8>,
     start: usize,
-    names: Names,
+    kind: Kind,
+    /// The changes, in order, encoded as [`Kind`] says.
+    changes: Vec<u8>,
 }
 
 impl Fields {
     /// Wraps a buffer received from the host, without decoding it.
-    pub(crate) fn from_bytes(buf: Vec<u8>, names: Names) -> Self {
-        Fields::after(buf, 0, names)
+    pub(crate) fn from_bytes(buf: Vec<u8>, kind: Kind) -> Self {
+        Fields::after(buf, 0, kind)
     }
 
     /// Wraps a buffer whose entries start at `start` (at most `buf.len()`).
-    pub(crate) fn after(buf: Vec<u8>, start: usize, names: Names) -> Self {
-        Fields { start: start.min(buf.len()), buf, names }
+    pub(crate) fn after(buf: Vec<u8>, start: usize, kind: Kind) -> Self {
+        Fields { start: start.min(buf.len()), buf, kind, changes: Vec::new() }
     }
 
-    /// The whole buffer, the bytes before `start` included.
+    /// The whole received buffer, the bytes before `start` included.
     pub(crate) fn buffer(&self) -> &[u8] {
         &self.buf
     }
 
     /// An empty list.
-    pub(crate) fn new(names: Names) -> Self {
-        Fields::from_bytes(Vec::new(), names)
+    pub(crate) fn new(kind: Kind) -> Self {
+        Fields::from_bytes(Vec::new(), kind)
     }
 
-    /// The encoded bytes.
+    /// The received entries' bytes.
     #[cfg(test)]
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 
-    /// The encoded bytes, for the host.
+    /// The received entries' bytes, for the host.
     #[cfg(test)]
     pub(crate) fn into_bytes(mut self) -> Vec<u8> {
         self.buf.drain(..self.start);
         self.buf
+    }
+
+    /// The recorded changes, encoded for the host.
+    pub(crate) fn changes(&self) -> &[u8] {
+        &self.changes
+    }
+
+    /// Takes the recorded changes, encoded for the host.
+    pub(crate) fn take_changes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.changes)
     }
 
     /// Every entry of an encoded buffer, in order.
@@ -82,54 +98,90 @@ impl Fields {
         Iter { rest: buf }
     }
 
-    /// Every entry, in order.
-    pub(crate) fn iter(&self) -> Iter<'_> {
+    /// The received entries, in order, as if no change had been made.
+    fn received(&self) -> Iter<'_> {
         Iter { rest: &self.buf[self.start..] }
     }
 
-    /// Every value stored under `name`, in order.
-    pub(crate) fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-        let names = self.names;
-        self.iter().filter(move |(n, _)| names.matches(n, name.as_bytes())).map(|(_, v)| v)
+    /// The recorded changes, decoded, in order.
+    fn edits(&self) -> impl Iterator<Item = (Change, &[u8], &[u8])> + '_ {
+        let mut context = Iter { rest: &[][..] };
+        let mut headers = Edits { rest: &[][..] };
+        match self.kind {
+            Kind::Headers => headers.rest = &self.changes,
+            Kind::Context => context.rest = &self.changes,
+        }
+        // A context entry with an empty value removes the key.
+        let context =
+            context.map(|(key, value)| (if value.is_empty() { Change::Remove } else { Change::Set }, key, value));
+        headers.chain(context)
     }
 
-    /// The first value stored under `name`.
+    /// Every value of `name`, in order, with the changes made.
+    pub(crate) fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+        let (kind, name) = (self.kind, name.as_bytes());
+        // The last change that replaced or removed every value: the values before it are gone.
+        let reset = self
+            .edits()
+            .enumerate()
+            .filter(|(_, (change, n, _))| *change != Change::Append && kind.matches(n, name))
+            .last()
+            .map(|(at, _)| at);
+        let received = self.received().filter(move |(n, _)| reset.is_none() && kind.matches(n, name));
+        let added = self
+            .edits()
+            .skip(reset.unwrap_or(0))
+            .filter(move |(change, n, _)| *change != Change::Remove && kind.matches(n, name));
+        received.map(|(_, v)| v).chain(added.map(|(_, _, v)| v))
+    }
+
+    /// The first value of `name`.
     pub(crate) fn first(&self, name: &str) -> Option<&[u8]> {
         self.values(name).next()
     }
 
-    /// The first value stored under `name`, if it is UTF-8.
+    /// The first value of `name`, if it is UTF-8.
     pub(crate) fn first_str(&self, name: &str) -> Option<&str> {
         self.first(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// Adds an entry at the end, keeping the existing ones.
-    pub(crate) fn append(&mut self, name: &[u8], value: &[u8]) {
-        push_entry(&mut self.buf, name, value);
+    /// Every entry, in order, with the changes made: the received entries that no change replaced
+    /// or removed, then the values changes added that no later change replaced or removed.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let kind = self.kind;
+        let reset_from = move |from: usize, name: &[u8]| {
+            self.edits().skip(from).any(|(change, n, _)| change != Change::Append && kind.matches(n, name))
+        };
+        let received = self.received().filter(move |(n, _)| !reset_from(0, n));
+        let added = self
+            .edits()
+            .enumerate()
+            .filter(move |(at, (change, n, _))| *change != Change::Remove && !reset_from(at + 1, n))
+            .map(|(_, (_, n, v))| (n, v));
+        received.chain(added)
     }
 
-    /// Removes every entry stored under `name`, moving the later entries down in place.
-    pub(crate) fn remove(&mut self, name: &[u8]) {
-        let (mut kept, mut at) = (self.start, self.start);
-        while let Some((n, v)) = Fields::entries(&self.buf[at..]).next() {
-            let len = 8 + n.len() + v.len();
-            if !self.names.matches(n, name) {
-                // Nothing moves until the first removed entry.
-                if kept != at {
-                    self.buf.copy_within(at..at + len, kept);
-                }
-                kept += len;
-            }
-            at += len;
+    /// Replaces every value of `name` with `value` (for the context, an empty value removes the key).
+    pub(crate) fn set(&mut self, name: &str, value: &str) {
+        self.record(Change::Set, name, value);
+    }
+
+    /// Adds a value to the header `name`, keeping the existing ones.
+    pub(crate) fn append(&mut self, name: &str, value: &str) {
+        debug_assert_eq!(self.kind, Kind::Headers, "context keys have one value");
+        self.record(Change::Append, name, value);
+    }
+
+    /// Removes every value of `name`.
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.record(Change::Remove, name, "");
+    }
+
+    fn record(&mut self, change: Change, name: &str, value: &str) {
+        match self.kind {
+            Kind::Headers => push_change(&mut self.changes, change, name, value),
+            Kind::Context => push_entry(&mut self.changes, name.as_bytes(), value.as_bytes()),
         }
-        // Past `at` lies only a malformed tail, which is dropped.
-        self.buf.truncate(kept);
-    }
-
-    /// Replaces every entry stored under `name` with one entry holding `value`.
-    pub(crate) fn set(&mut self, name: &[u8], value: &[u8]) {
-        self.remove(name);
-        self.append(name, value);
     }
 }
 
@@ -141,7 +193,7 @@ impl fmt::Debug for Fields {
     }
 }
 
-/// The entries of a [`Fields`] buffer, read in place.
+/// The entries of a `fields` buffer, read in place.
 pub(crate) struct Iter<'a> {
     rest: &'a [u8],
 }
@@ -157,9 +209,7 @@ impl<'a> Iter<'a> {
         self.rest = rest;
         Some(chunk)
     }
-}
 
-impl<'a> Iter<'a> {
     fn entry(&mut self) -> Option<(&'a [u8], &'a [u8])> {
         let name = self.chunk()?;
         let value = self.chunk()?;
@@ -180,11 +230,40 @@ impl<'a> Iterator for Iter<'a> {
     }
 }
 
-/// Makes room for `additional` more bytes: an empty buffer starts at 256 bytes and a full one at
-/// least doubles, so a hook's few changes cost one allocation, not one per growing extend.
+/// The changes of a `header-changes` buffer, read in place: kind, name, value (empty for a
+/// removal). Stops at an unknown kind or a cut-off entry.
+struct Edits<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Edits<'a> {
+    type Item = (Change, &'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let edit = (|| {
+            let (&kind, rest) = self.rest.split_first()?;
+            let change = [Change::Set, Change::Append, Change::Remove].into_iter().find(|c| *c as u8 == kind)?;
+            let mut entry = Iter { rest };
+            let name = entry.chunk()?;
+            let value = if change == Change::Remove { &[][..] } else { entry.chunk()? };
+            self.rest = entry.rest;
+            Some((change, name, value))
+        })();
+        if edit.is_none() {
+            self.rest = &[];
+        }
+        edit
+    }
+}
+
+/// Makes room for `additional` more bytes, growing the capacity to the next power of two. The
+/// changes a hook records cross to the host as a boxed slice, which shrinks the buffer to its
+/// length; a power-of-two capacity keeps the length in the same size class of the SDK's
+/// allocator (see [`crate::alloc`]), where that shrink moves nothing.
 fn make_room(buf: &mut Vec<u8>, additional: usize) {
-    if buf.capacity() - buf.len() < additional {
-        buf.reserve(additional.max(buf.len()).max(256));
+    let needed = buf.len().saturating_add(additional);
+    if needed > buf.capacity() {
+        buf.reserve_exact(needed.checked_next_power_of_two().unwrap_or(needed) - buf.len());
     }
 }
 
@@ -211,11 +290,11 @@ pub(crate) enum Change {
 }
 
 /// Appends a header change to a `header-changes` buffer, lower-casing the name in place (no
-/// allocation), and returns the name as written. `value` is ignored for [`Change::Remove`].
-pub(crate) fn push_change<'b>(buf: &'b mut Vec<u8>, change: Change, name: &str, value: &str) -> &'b [u8] {
+/// allocation). `value` is ignored for [`Change::Remove`].
+pub(crate) fn push_change(buf: &mut Vec<u8>, change: Change, name: &str, value: &str) {
     let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len())) else {
         // Over 4 GiB: cannot be encoded; the gateway would refuse such a header anyway.
-        return &[];
+        return;
     };
     make_room(buf, 9 + name.len() + value.len());
     buf.push(change as u8);
@@ -227,41 +306,27 @@ pub(crate) fn push_change<'b>(buf: &'b mut Vec<u8>, change: Change, name: &str, 
         buf.extend_from_slice(&value_len.to_le_bytes());
         buf.extend_from_slice(value.as_bytes());
     }
-    &buf[name_at..name_at + name.len()]
 }
 
 /// The changes of a `header-changes` buffer, for tests to read; stops at a malformed entry.
-pub(crate) fn changes(mut buf: &[u8]) -> Vec<HeaderOp> {
-    let mut out = Vec::new();
-    let chunk = |buf: &mut &[u8]| -> Option<String> {
-        let mut iter = Iter { rest: buf };
-        let text = iter.chunk().map(|b| String::from_utf8_lossy(b).into_owned());
-        *buf = iter.rest;
-        text
-    };
-    while let Some((&kind, rest)) = buf.split_first() {
-        buf = rest;
-        let Some(name) = chunk(&mut buf) else { break };
-        let op = match kind {
-            k if k == Change::Remove as u8 => HeaderOp::Remove(name),
-            k if k == Change::Set as u8 || k == Change::Append as u8 => {
-                let Some(value) = chunk(&mut buf) else { break };
-                if k == Change::Set as u8 { HeaderOp::Set(name, value) } else { HeaderOp::Append(name, value) }
-            }
-            _ => break,
-        };
-        out.push(op);
-    }
-    out
+pub(crate) fn changes(buf: &[u8]) -> Vec<HeaderOp> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Edits { rest: buf }
+        .map(|(change, name, value)| match change {
+            Change::Set => HeaderOp::Set(text(name), text(value)),
+            Change::Append => HeaderOp::Append(text(name), text(value)),
+            Change::Remove => HeaderOp::Remove(text(name)),
+        })
+        .collect()
 }
 
 /// Encodes string pairs (used by the test builders).
-pub(crate) fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, names: Names) -> Fields {
-    let mut fields = Fields::new(names);
+pub(crate) fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, kind: Kind) -> Fields {
+    let mut buf = Vec::new();
     for (n, v) in pairs {
-        fields.append(n.as_bytes(), v.as_bytes());
+        push_entry(&mut buf, n.as_bytes(), v.as_bytes());
     }
-    fields
+    Fields::from_bytes(buf, kind)
 }
 
 #[cfg(test)]
@@ -276,14 +341,14 @@ mod tests {
 
     #[test]
     fn encodes_little_endian_lengths_then_bytes() {
-        let f = encode([("ab", "xyz")], Names::CaseInsensitive);
+        let f = encode([("ab", "xyz")], Kind::Headers);
         assert_eq!(f.as_bytes(), b"\x02\0\0\0ab\x03\0\0\0xyz", "name length, name, value length, value");
     }
 
     #[test]
     fn round_trips_repeated_and_empty_entries() {
-        let f = encode([("accept", "a"), ("x", ""), ("accept", "b")], Names::CaseInsensitive);
-        let again = Fields::from_bytes(f.as_bytes().to_vec(), Names::CaseInsensitive);
+        let f = encode([("accept", "a"), ("x", ""), ("accept", "b")], Kind::Headers);
+        let again = Fields::from_bytes(f.as_bytes().to_vec(), Kind::Headers);
         assert_eq!(pairs(&again), [("accept", "a"), ("x", ""), ("accept", "b")].map(|(n, v)| (n.into(), v.into())));
         let accepts: Vec<_> = again.values("ACCEPT").collect();
         assert_eq!(accepts, [b"a".as_slice(), b"b".as_slice()]);
@@ -291,41 +356,82 @@ mod tests {
 
     #[test]
     fn header_names_ignore_case_but_context_keys_do_not() {
-        let headers = encode([("x-key", "1")], Names::CaseInsensitive);
+        let headers = encode([("x-key", "1")], Kind::Headers);
         assert_eq!(headers.first_str("X-Key"), Some("1"));
-        let context = encode([("user", "1")], Names::Exact);
+        let context = encode([("user", "1")], Kind::Context);
         assert_eq!(context.first_str("User"), None);
         assert_eq!(context.first_str("user"), Some("1"));
     }
 
     #[test]
     fn malformed_buffers_are_read_up_to_the_last_whole_entry() {
-        let mut bytes = encode([("a", "1")], Names::Exact).as_bytes().to_vec();
+        let mut bytes = encode([("a", "1")], Kind::Context).as_bytes().to_vec();
         bytes.extend_from_slice(b"\x05\0\0\0ab"); // name length 5, only 2 bytes
-        let f = Fields::from_bytes(bytes, Names::Exact);
+        let f = Fields::from_bytes(bytes, Kind::Context);
         assert_eq!(pairs(&f), [("a".into(), "1".into())]);
 
         for broken in [&b"\x01"[..], b"\xff\xff\xff\xff", b"\x01\0\0\0a\x09\0\0\0v"] {
-            assert_eq!(Fields::from_bytes(broken.to_vec(), Names::Exact).iter().count(), 0);
+            assert_eq!(Fields::from_bytes(broken.to_vec(), Kind::Context).iter().count(), 0);
         }
     }
 
+    fn values<'a>(f: &'a Fields, name: &'a str) -> Vec<&'a [u8]> {
+        f.values(name).collect()
+    }
+
     #[test]
-    fn set_replaces_every_value_and_keeps_the_order_of_others() {
-        let mut f = encode([("a", "1"), ("b", "2"), ("A", "3"), ("c", "4")], Names::CaseInsensitive);
-        f.set(b"a", b"9");
+    fn changes_are_read_through_and_recorded_without_touching_what_came() {
+        let mut f = encode([("a", "1"), ("b", "2"), ("A", "3"), ("c", "4")], Kind::Headers);
+        let received = f.as_bytes().to_vec();
+        f.set("A", "9");
         assert_eq!(pairs(&f), [("b", "2"), ("c", "4"), ("a", "9")].map(|(n, v)| (n.into(), v.into())));
-        f.remove(b"B");
-        f.append(b"c", b"5");
+        f.remove("B");
+        f.append("c", "5");
         assert_eq!(pairs(&f), [("c", "4"), ("a", "9"), ("c", "5")].map(|(n, v)| (n.into(), v.into())));
-        f.remove(b"absent");
+        assert_eq!(values(&f, "C"), [b"4", b"5"]);
+        f.remove("absent");
         assert_eq!(f.iter().count(), 3);
+        f.append("a", "10");
+        f.set("c", "6");
+        f.append("b", "7");
+        assert_eq!(pairs(&f), [("a", "9"), ("a", "10"), ("c", "6"), ("b", "7")].map(|(n, v)| (n.into(), v.into())));
+        assert_eq!(
+            (values(&f, "a"), f.first("b"), f.first("c")),
+            (vec![&b"9"[..], b"10"], Some(&b"7"[..]), Some(&b"6"[..]))
+        );
+        f.remove("a");
+        assert_eq!(f.first("a"), None);
+        assert_eq!(f.as_bytes(), received, "the received entries are never rewritten");
+        assert_eq!(
+            changes(f.changes()),
+            [
+                HeaderOp::Set("a".into(), "9".into()),
+                HeaderOp::Remove("b".into()),
+                HeaderOp::Append("c".into(), "5".into()),
+                HeaderOp::Remove("absent".into()),
+                HeaderOp::Append("a".into(), "10".into()),
+                HeaderOp::Set("c".into(), "6".into()),
+                HeaderOp::Append("b".into(), "7".into()),
+                HeaderOp::Remove("a".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn context_changes_are_entries_and_an_empty_value_removes() {
+        let mut f = encode([("user", "ann"), ("tier", "gold")], Kind::Context);
+        f.set("user", "bob");
+        f.set("tier", "");
+        f.set("User", "case");
+        assert_eq!(pairs(&f), [("user", "bob"), ("User", "case")].map(|(n, v)| (n.into(), v.into())));
+        assert_eq!((f.first_str("tier"), f.first_str("user")), (None, Some("bob")));
+        assert_eq!(f.changes(), encode([("user", "bob"), ("tier", ""), ("User", "case")], Kind::Context).as_bytes());
     }
 
     #[test]
     fn header_changes_lower_case_names_and_decode_in_order() {
         let mut buf = Vec::new();
-        assert_eq!(push_change(&mut buf, Change::Set, "X-A", "1"), b"x-a");
+        push_change(&mut buf, Change::Set, "X-A", "1");
         push_change(&mut buf, Change::Remove, "B", "ignored");
         push_change(&mut buf, Change::Append, "c", "");
         assert_eq!(&buf[..13], b"\0\x03\0\0\0x-a\x01\0\0\0\x31", "kind, name length, name, value length, value");
@@ -342,8 +448,7 @@ mod tests {
 
     #[test]
     fn non_utf8_values_are_bytes_only() {
-        let mut f = Fields::new(Names::CaseInsensitive);
-        f.append(b"x", b"\xff");
+        let f = Fields::from_bytes(b"\x01\0\0\0x\x01\0\0\0\xff".to_vec(), Kind::Headers);
         assert_eq!(f.first("x"), Some(&b"\xff"[..]));
         assert_eq!(f.first_str("x"), None);
     }

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 use crate::__bindings::sluice::plugin::types as wit;
-use crate::fields::{Fields, Names};
+use crate::fields::{Fields, Kind};
 use crate::message::{RequestRecord, ResponseRecord, Text};
 use crate::{Action, Backend, Config, Plugin, Reply, Request, Response, ResponseAction, Selection, TlsInfo};
 
@@ -54,17 +54,17 @@ pub fn on_request<P: Plugin>(state: &'static State<P>, request: wit::Request) ->
         let Some(plugin) = plugin else {
             return wit::RequestOutcome {
                 action: wit::RequestAction::Respond(reply(Reply::new(500).body(NOT_INITIALISED))),
-                changes: request_changes(RequestRecord::default()),
+                changes: no_request_changes(),
             };
         };
         let mut req = Request::from(request);
         let action = plugin.on_request(&mut req);
         let (action, changes) = match action {
-            Action::Continue => (wit::RequestAction::Continue, req.changes),
-            Action::Respond(r) => (wit::RequestAction::Respond(reply(r)), req.changes),
-            Action::NotImplemented => (wit::RequestAction::NotImplemented, RequestRecord::default()),
+            Action::Continue => (wit::RequestAction::Continue, request_changes(req)),
+            Action::Respond(r) => (wit::RequestAction::Respond(reply(r)), request_changes(req)),
+            Action::NotImplemented => (wit::RequestAction::NotImplemented, no_request_changes()),
         };
-        wit::RequestOutcome { action, changes: request_changes(changes) }
+        wit::RequestOutcome { action, changes }
     })
 }
 
@@ -74,17 +74,17 @@ pub fn on_response<P: Plugin>(state: &'static State<P>, head: wit::ResponseHead)
         let Some(plugin) = plugin else {
             return wit::ResponseOutcome {
                 action: wit::ResponseAction::Replace(reply(Reply::new(500).body(NOT_INITIALISED))),
-                changes: response_changes(ResponseRecord::default()),
+                changes: no_response_changes(),
             };
         };
         let mut resp = Response::from(head);
         let action = plugin.on_response(&mut resp);
         let (action, changes) = match action {
-            ResponseAction::Continue => (wit::ResponseAction::Continue, resp.changes),
-            ResponseAction::Replace(r) => (wit::ResponseAction::Replace(reply(r)), resp.changes),
-            ResponseAction::NotImplemented => (wit::ResponseAction::NotImplemented, ResponseRecord::default()),
+            ResponseAction::Continue => (wit::ResponseAction::Continue, response_changes(resp)),
+            ResponseAction::Replace(r) => (wit::ResponseAction::Replace(reply(r)), response_changes(resp)),
+            ResponseAction::NotImplemented => (wit::ResponseAction::NotImplemented, no_response_changes()),
         };
-        wit::ResponseOutcome { action, changes: response_changes(changes) }
+        wit::ResponseOutcome { action, changes }
     })
 }
 
@@ -133,11 +133,11 @@ impl From<wit::Request> for Request {
             method,
             path,
             query,
-            headers: Fields::after(r.head, line_len, Names::CaseInsensitive),
+            headers: Fields::after(r.head, line_len, Kind::Headers),
             client_ip,
             route,
             tls: r.tls.map(|t| TlsInfo { server_name: t.server_name, client_subject: t.client_subject }),
-            context: Fields::from_bytes(r.context, Names::Exact),
+            context: Fields::from_bytes(r.context, Kind::Context),
             changes: RequestRecord::default(),
         }
     }
@@ -147,12 +147,12 @@ impl From<wit::ResponseHead> for Response {
     fn from(h: wit::ResponseHead) -> Self {
         Response {
             status: h.status,
-            headers: Fields::from_bytes(h.headers, Names::CaseInsensitive),
+            headers: Fields::from_bytes(h.headers, Kind::Headers),
             request_method: h.request_method,
             request_path: h.request_path,
-            request_headers: Fields::from_bytes(h.request_headers, Names::CaseInsensitive),
+            request_headers: Fields::from_bytes(h.request_headers, Kind::Headers),
             route: h.route,
-            context: Fields::from_bytes(h.context, Names::Exact),
+            context: Fields::from_bytes(h.context, Kind::Context),
             changes: ResponseRecord::default(),
         }
     }
@@ -168,19 +168,31 @@ fn reply(r: Reply) -> wit::Response {
     wit::Response { status: r.status, headers: r.headers, body: r.body }
 }
 
-fn request_changes(c: RequestRecord) -> wit::RequestChanges {
+fn request_changes(mut req: Request) -> wit::RequestChanges {
+    let RequestRecord { method, path, query, response_headers } = req.changes;
+    let (headers, context) = (req.headers.take_changes(), req.context.take_changes());
+    wit::RequestChanges { method, path, query, headers, response_headers, context }
+}
+
+fn no_request_changes() -> wit::RequestChanges {
+    let none = Vec::new;
     wit::RequestChanges {
-        method: c.method,
-        path: c.path,
-        query: c.query,
-        headers: c.headers,
-        response_headers: c.response_headers,
-        context: c.context,
+        method: None,
+        path: None,
+        query: None,
+        headers: none(),
+        response_headers: none(),
+        context: none(),
     }
 }
 
-fn response_changes(c: ResponseRecord) -> wit::ResponseChanges {
-    wit::ResponseChanges { status: c.status, headers: c.headers, context: c.context }
+fn response_changes(mut resp: Response) -> wit::ResponseChanges {
+    let (headers, context) = (resp.headers.take_changes(), resp.context.take_changes());
+    wit::ResponseChanges { status: resp.changes.status, headers, context }
+}
+
+fn no_response_changes() -> wit::ResponseChanges {
+    wit::ResponseChanges { status: None, headers: Vec::new(), context: Vec::new() }
 }
 
 #[cfg(test)]
@@ -231,7 +243,7 @@ mod tests {
     fn wit_request(headers: &[(&str, &str)]) -> wit::Request {
         let line = [(":method", "GET"), (":path", "/p"), (":query", ""), (":client-ip", "10.0.0.1"), (":route", "r")];
         wit::Request {
-            head: encode(line.into_iter().chain(headers.iter().copied()), Names::Exact).into_bytes(),
+            head: encode(line.into_iter().chain(headers.iter().copied()), Kind::Context).into_bytes(),
             tls: None,
             context: Vec::new(),
         }

@@ -2,15 +2,15 @@
 //! (on-response) and [`Backend`] (select-backend).
 //!
 //! Headers and the request context arrive from the gateway in the flat `fields` encoding and are
-//! read in place, so a hook pays only for what it reads. Every mutator does two things: it
-//! records the change for the gateway, already in the flat encoding the WIT wants (one buffer per
-//! kind of change, no allocation per header), and it updates the value, so later reads in the
-//! same hook see the change. The gateway applies the recorded changes only when the hook returns
-//! normally. Tests read them decoded, through [`Request::changes`] and [`Response::changes`].
+//! read in place, so a hook pays only for what it reads. A mutator records the change for the
+//! gateway, already in the flat encoding the WIT wants (one buffer per kind of change, no
+//! allocation per header); later reads in the same hook see the received values through the
+//! recorded changes. The gateway applies the changes only when the hook returns normally. Tests
+//! read them decoded, through [`Request::changes`] and [`Response::changes`].
 
 use std::str::FromStr;
 
-use crate::fields::{self, Change, Fields, Names};
+use crate::fields::{self, Change, Fields, Kind};
 
 /// TLS facts of the client connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,8 +84,8 @@ pub struct Request {
     pub(crate) method: Text,
     pub(crate) path: Text,
     pub(crate) query: Text,
-    /// The headers; the request line's pseudo-header entries lie before them in the same buffer,
-    /// where the `Text::At` values above point.
+    /// The headers and their changes; the request line's pseudo-header entries lie before them
+    /// in the same buffer, where the `Text::At` values above point.
     pub(crate) headers: Fields,
     pub(crate) client_ip: Text,
     pub(crate) route: Text,
@@ -94,28 +94,21 @@ pub struct Request {
     pub(crate) changes: RequestRecord,
 }
 
-/// What on-request or select-backend changed, as it crosses to the gateway.
+/// What on-request or select-backend changed besides the headers and the context (which their
+/// [`Fields`] record), as it crosses to the gateway.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RequestRecord {
     pub(crate) method: Option<String>,
     pub(crate) path: Option<String>,
     pub(crate) query: Option<String>,
     /// `header-changes`.
-    pub(crate) headers: Vec<u8>,
-    /// `header-changes`.
     pub(crate) response_headers: Vec<u8>,
-    /// `fields`: every context entry set, in order; a later one for a key wins.
-    pub(crate) context: Vec<u8>,
 }
 
-/// What on-response changed, as it crosses to the gateway.
+/// What on-response changed besides the headers and the context (which their [`Fields`] record).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ResponseRecord {
     pub(crate) status: Option<u16>,
-    /// `header-changes`.
-    pub(crate) headers: Vec<u8>,
-    /// `fields`, as in [`RequestRecord::context`].
-    pub(crate) context: Vec<u8>,
 }
 
 impl Request {
@@ -192,17 +185,17 @@ impl Request {
     /// Replaces every value of the header `name` with `value`. The name is lower-cased; the
     /// gateway checks names and values when it applies the change.
     pub fn set_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
-        change_header(&mut self.headers, &mut self.changes.headers, Change::Set, name.as_ref(), value.as_ref());
+        self.headers.set(name.as_ref(), value.as_ref());
     }
 
     /// Adds a value to the header `name`, keeping the existing ones.
     pub fn append_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
-        change_header(&mut self.headers, &mut self.changes.headers, Change::Append, name.as_ref(), value.as_ref());
+        self.headers.append(name.as_ref(), value.as_ref());
     }
 
     /// Removes the header `name`.
     pub fn remove_header(&mut self, name: impl AsRef<str>) {
-        change_header(&mut self.headers, &mut self.changes.headers, Change::Remove, name.as_ref(), "");
+        self.headers.remove(name.as_ref());
     }
 
     /// Sets the header `name` of the response this request gets, whether the backend's or a
@@ -237,12 +230,12 @@ impl Request {
     /// Sets the context entry `key`, for later hooks of this request (any plugin) and the access
     /// log. An empty value removes the key.
     pub fn set_context(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
-        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), value.as_ref());
+        self.context.set(key.as_ref(), value.as_ref());
     }
 
     /// Removes the context entry `key`.
     pub fn remove_context(&mut self, key: impl AsRef<str>) {
-        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), "");
+        self.context.remove(key.as_ref());
     }
 
     /// What this hook changed so far, decoded (the gateway receives it in a flat encoding).
@@ -252,9 +245,9 @@ impl Request {
             method: c.method.clone(),
             path: c.path.clone(),
             query: c.query.clone(),
-            headers: fields::changes(&c.headers),
+            headers: fields::changes(self.headers.changes()),
             response_headers: fields::changes(&c.response_headers),
-            context: context_changes(&c.context),
+            context: context_changes(self.context.changes()),
         }
     }
 }
@@ -313,17 +306,17 @@ impl Response {
     /// Replaces every value of the response header `name` with `value` (see
     /// [`Request::set_header`]).
     pub fn set_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
-        change_header(&mut self.headers, &mut self.changes.headers, Change::Set, name.as_ref(), value.as_ref());
+        self.headers.set(name.as_ref(), value.as_ref());
     }
 
     /// Adds a value to the response header `name`.
     pub fn append_header(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
-        change_header(&mut self.headers, &mut self.changes.headers, Change::Append, name.as_ref(), value.as_ref());
+        self.headers.append(name.as_ref(), value.as_ref());
     }
 
     /// Removes the response header `name`.
     pub fn remove_header(&mut self, name: impl AsRef<str>) {
-        change_header(&mut self.headers, &mut self.changes.headers, Change::Remove, name.as_ref(), "");
+        self.headers.remove(name.as_ref());
     }
 
     /// The request's method.
@@ -369,20 +362,20 @@ impl Response {
     /// Sets the context entry `key` (an empty value removes it): later on-response hooks and
     /// the access log see it.
     pub fn set_context(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
-        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), value.as_ref());
+        self.context.set(key.as_ref(), value.as_ref());
     }
 
     /// Removes the context entry `key`.
     pub fn remove_context(&mut self, key: impl AsRef<str>) {
-        set_context(&mut self.context, &mut self.changes.context, key.as_ref(), "");
+        self.context.remove(key.as_ref());
     }
 
     /// What this hook changed so far, decoded (the gateway receives it in a flat encoding).
     pub fn changes(&self) -> ResponseChanges {
         ResponseChanges {
             status: self.changes.status,
-            headers: fields::changes(&self.changes.headers),
-            context: context_changes(&self.changes.context),
+            headers: fields::changes(self.headers.changes()),
+            context: context_changes(self.context.changes()),
         }
     }
 }
@@ -421,26 +414,6 @@ fn utf8_entries(fields: &Fields) -> impl Iterator<Item = (&str, &str)> {
     fields.iter().filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
 }
 
-/// Records a header change and applies it to `headers`, so later reads see it.
-fn change_header(headers: &mut Fields, changes: &mut Vec<u8>, change: Change, name: &str, value: &str) {
-    let name = fields::push_change(changes, change, name, value);
-    match change {
-        Change::Set => headers.set(name, value.as_bytes()),
-        Change::Append => headers.append(name, value.as_bytes()),
-        Change::Remove => headers.remove(name),
-    }
-}
-
-/// Records a context entry and applies it to `context`; an empty value removes the key.
-fn set_context(context: &mut Fields, changes: &mut Vec<u8>, key: &str, value: &str) {
-    if value.is_empty() {
-        context.remove(key.as_bytes());
-    } else {
-        context.set(key.as_bytes(), value.as_bytes());
-    }
-    fields::push_entry(changes, key.as_bytes(), value.as_bytes());
-}
-
 /// The context entries a hook set, one per key (its last value), in the order first set.
 fn context_changes(buf: &[u8]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -461,11 +434,11 @@ impl Request {
             method: "GET".into(),
             path: "/".into(),
             query: "".into(),
-            headers: Fields::new(Names::CaseInsensitive),
+            headers: Fields::new(Kind::Headers),
             client_ip: "127.0.0.1".into(),
             route: "test".into(),
             tls: None,
-            context: Fields::new(Names::Exact),
+            context: Fields::new(Kind::Context),
             changes: RequestRecord::default(),
         }
     }
@@ -476,12 +449,12 @@ impl Response {
     pub(crate) fn blank() -> Self {
         Response {
             status: 200,
-            headers: Fields::new(Names::CaseInsensitive),
+            headers: Fields::new(Kind::Headers),
             request_method: "GET".into(),
             request_path: "/".into(),
-            request_headers: Fields::new(Names::CaseInsensitive),
+            request_headers: Fields::new(Kind::Headers),
             route: "test".into(),
-            context: Fields::new(Names::Exact),
+            context: Fields::new(Kind::Context),
             changes: ResponseRecord::default(),
         }
     }

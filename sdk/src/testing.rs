@@ -42,7 +42,7 @@
 //! assert_eq!(req.context("hits"), Some("2"));
 //! ```
 
-use crate::fields::{self, Names};
+use crate::fields::{self, Kind};
 use crate::host::Level;
 use crate::{Config, Plugin, Request, Response, TlsInfo};
 
@@ -109,8 +109,8 @@ impl RequestBuilder {
     /// The request, with no changes recorded.
     pub fn build(self) -> Request {
         let mut req = self.req;
-        req.headers = encode(&self.headers, Names::CaseInsensitive);
-        req.context = encode(&self.context, Names::Exact);
+        req.headers = encode(&self.headers, Kind::Headers);
+        req.context = encode(&self.context, Kind::Context);
         req
     }
 }
@@ -168,15 +168,15 @@ impl ResponseBuilder {
     /// The response, with no changes recorded.
     pub fn build(self) -> Response {
         let mut resp = self.resp;
-        resp.headers = encode(&self.headers, Names::CaseInsensitive);
-        resp.request_headers = encode(&self.request_headers, Names::CaseInsensitive);
-        resp.context = encode(&self.context, Names::Exact);
+        resp.headers = encode(&self.headers, Kind::Headers);
+        resp.request_headers = encode(&self.request_headers, Kind::Headers);
+        resp.context = encode(&self.context, Kind::Context);
         resp
     }
 }
 
-fn encode(pairs: &[(String, String)], names: Names) -> fields::Fields {
-    fields::encode(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())), names)
+fn encode(pairs: &[(String, String)], kind: Kind) -> fields::Fields {
+    fields::encode(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())), kind)
 }
 
 /// Where the fake clock starts: 2023-11-14T22:13:20Z, a round 1.7 × 10¹² ms.

@@ -8,6 +8,7 @@ use http::HeaderMap;
 
 /// Appends one entry.
 pub fn push(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    block.reserve(8 + name.len() + value.len());
     block.extend_from_slice(&(name.len() as u32).to_le_bytes());
     block.extend_from_slice(name);
     block.extend_from_slice(&(value.len() as u32).to_le_bytes());

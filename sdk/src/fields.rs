@@ -121,12 +121,15 @@ impl Fields {
     pub(crate) fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         let (kind, name) = (self.kind, name.as_bytes());
         // The last change that replaced or removed every value: the values before it are gone.
-        let reset = self
-            .edits()
-            .enumerate()
-            .filter(|(_, (change, n, _))| *change != Change::Append && kind.matches(n, name))
-            .last()
-            .map(|(at, _)| at);
+        let reset = match self.changes.is_empty() {
+            true => None,
+            false => self
+                .edits()
+                .enumerate()
+                .filter(|(_, (change, n, _))| *change != Change::Append && kind.matches(n, name))
+                .last()
+                .map(|(at, _)| at),
+        };
         let received = self.received().filter(move |(n, _)| reset.is_none() && kind.matches(n, name));
         let added = self
             .edits()
@@ -137,6 +140,10 @@ impl Fields {
 
     /// The first value of `name`.
     pub(crate) fn first(&self, name: &str) -> Option<&[u8]> {
+        if self.changes.is_empty() {
+            // The usual case: nothing changed yet, so only what came is read.
+            return self.received().find(|(n, _)| self.kind.matches(n, name.as_bytes())).map(|(_, v)| v);
+        }
         self.values(name).next()
     }
 

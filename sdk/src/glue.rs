@@ -262,6 +262,16 @@ mod tests {
     }
 
     #[test]
+    fn the_request_line_is_read_in_any_order_and_unknown_entries_are_skipped() {
+        let line = [(":method", "PUT"), (":scheme", "https"), (":route", "r"), (":path", "/a"), (":query", "q=1")];
+        let head = encode(line.into_iter().chain([(":client-ip", "10.0.0.2"), ("x-h", "1")]), Kind::Context);
+        let req = Request::from(wit::Request { head: head.into_bytes(), tls: None, context: Vec::new() });
+        assert_eq!((req.method(), req.path(), req.query()), ("PUT", "/a", "q=1"));
+        assert_eq!((req.client_ip(), req.route()), ("10.0.0.2", "r"));
+        assert_eq!(req.header_entries().collect::<Vec<_>>(), [("x-h", "1")]);
+    }
+
+    #[test]
     fn hooks_before_init_answer_500_and_default_selection() {
         PROBE.set(None);
         let out = on_request(&PROBE, wit_request(&[]));

@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, req
 
 use super::bindings::types::{self, RequestAction, ResponseAction, Selection};
 use super::fields::{self, Change, RequestLine};
+use super::header_names;
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
@@ -335,8 +336,7 @@ fn invalid(why: String) -> PluginFailure {
 }
 
 fn header_name(name: &[u8]) -> Result<HeaderName, PluginFailure> {
-    HeaderName::from_bytes(name)
-        .map_err(|_| invalid(format!("`{}` is not a header name", String::from_utf8_lossy(name))))
+    header_names::parse(name).map_err(|_| invalid(format!("`{}` is not a header name", String::from_utf8_lossy(name))))
 }
 
 /// A header a plugin sets, checked. `Content-Length` and `Transfer-Encoding` frame the message and

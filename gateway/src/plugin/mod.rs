@@ -10,6 +10,7 @@ pub mod chain;
 mod clock;
 mod disk_cache;
 pub mod fields;
+mod header_names;
 mod host;
 mod instance;
 pub mod limits;

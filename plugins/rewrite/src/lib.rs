@@ -173,7 +173,9 @@ impl Rewrite {
     /// The path as the first matching rule rewrites it.
     fn rewrite(&self, path: &str) -> Option<String> {
         let rewritten = self.rules.iter().find_map(|rule| match rule {
-            Rule::Prefix { prefix, replace } => after_prefix(path, prefix).map(|rest| format!("{replace}{rest}")),
+            Rule::Prefix { prefix, replace } => {
+                after_prefix(path, prefix).map(|rest| [replace.as_str(), rest].concat())
+            }
             Rule::Regex { regex, replace } => {
                 let captures = regex.captures(path)?;
                 let matched = captures.get(0)?;

@@ -83,6 +83,7 @@ impl<'s> Chain<'s> {
             return Ok(Verdict::Continue);
         }
         let client_ip = IpText::new(client_ip);
+        let client_ip = client_ip.as_str();
         let mut verdict = Verdict::Continue;
         for (position, plugin) in self.plugins() {
             if !plugin.implements(Hook::OnRequest) {
@@ -94,7 +95,7 @@ impl<'s> Chain<'s> {
                     method: parts.method.as_str(),
                     path: &target.path,
                     query: target.query.as_deref().unwrap_or(""),
-                    client_ip: client_ip.as_str(),
+                    client_ip,
                     route: self.route,
                 };
                 let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);

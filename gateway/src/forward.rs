@@ -40,7 +40,7 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 
 /// Whether a `Connection` header of `headers` names `token`.
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Removes hop-by-hop headers; an upgrade keeps its `Upgrade` header and `Connection: upgrade`.
@@ -84,13 +84,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Removes `Connection` and the headers it names; the hop-by-hop ones among them are left to the
 /// caller, which removes them anyway (most messages name only those: `keep-alive`, `close`).
 fn remove_connection(headers: &mut HeaderMap, upgrade: bool, hop: &[&HeaderName]) {
-    let kept = |name: &str| upgrade && name.eq_ignore_ascii_case("upgrade");
+    let kept = |name: &[u8]| upgrade && name.eq_ignore_ascii_case(b"upgrade");
     let names_others = connection_tokens(headers)
-        .any(|name| !kept(name) && !hop.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)));
+        .any(|name| !kept(name) && !hop.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name)));
     if names_others {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|name| !kept(name))
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .filter_map(|name| HeaderName::from_bytes(name).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -100,14 +100,14 @@ fn remove_connection(headers: &mut HeaderMap, upgrade: bool, hop: &[&HeaderName]
 }
 
 /// The names a message's `Connection` headers list, trimmed.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(header::CONNECTION).iter().flat_map(|v| list_elements(v.as_bytes()))
+}
+
+/// The elements of a comma-separated header value (`Connection: close, x-a`), trimmed; empty
+/// ones skipped.
+pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|element| !element.is_empty())
 }
 
 /// Adds `peer` (an address as text) to the end of `X-Forwarded-For`.

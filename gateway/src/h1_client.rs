@@ -425,6 +425,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Error> {
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut chunked = None;
+    let (mut told_close, mut told_keep_alive) = (false, false);
     for span in &spans[..count] {
         let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
             .map_err(|_| Error::InvalidHead("invalid header name".into()))?;
@@ -439,12 +440,16 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Error> {
             }
         } else if name == header::TRANSFER_ENCODING {
             chunked = Some(framing::ends_in_chunked(value.as_bytes()));
+        } else if name == header::CONNECTION {
+            for option in forward::list_elements(value.as_bytes()) {
+                told_close |= option.eq_ignore_ascii_case(b"close");
+                told_keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
         headers.append(name, value);
     }
     // HTTP/1.1 keeps the connection unless told to close it; HTTP/1.0 closes it unless told not to.
-    let mut close =
-        forward::connection_has(&headers, "close") || (minor == 0 && !forward::connection_has(&headers, "keep-alive"));
+    let mut close = told_close || (minor == 0 && !told_keep_alive);
     let framing = if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
     {
         BodyFraming::Done

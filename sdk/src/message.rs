@@ -167,7 +167,8 @@ impl Request {
         utf8_entries(&self.headers)
     }
 
-    /// Changes the method.
+    /// Changes the method (not to `CONNECT`, which the gateway refuses as an invalid result: it
+    /// would ask the backend for a tunnel).
     pub fn set_method(&mut self, method: impl Into<String>) {
         self.changes.method = Some(method.into());
     }

@@ -163,6 +163,7 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
         ("/trap", "x-invalid", "returned an invalid result: header `x-out` has an invalid value"),
         ("/trap", "x-flood", "returned an invalid result: more than 1000 header changes"),
         ("/trap", "x-flood-reply", "returned an invalid result: a response with more than 1000 headers"),
+        ("/trap", "x-connect", "returned an invalid result: a plugin may not turn a request into CONNECT"),
     ] {
         let reply = client.send(get_with(path, &[(trigger, "1")])).await;
         assert_eq!(reply.status, 500, "{path}");
@@ -180,7 +181,7 @@ async fn sandbox_limits_fail_only_the_request_that_broke_them() {
     gateway.wait_for_metric("sluice_plugin_state_bytes{plugin=\"hog\"} 985760").await;
     // Every failure counts as one: a trap, and a result the gateway refused.
     let metrics = get(gateway.admin(), "admin", "/metrics").await.body;
-    for (outcome, count) in [("ok", 4), ("error", 4), ("timeout", 0)] {
+    for (outcome, count) in [("ok", 5), ("error", 5), ("timeout", 0)] {
         let line =
             format!("sluice_plugin_calls_total{{plugin=\"trap\",hook=\"on-request\",outcome=\"{outcome}\"}} {count}");
         assert!(metrics.contains(&line), "{line} missing from\n{metrics}");

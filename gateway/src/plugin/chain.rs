@@ -287,6 +287,11 @@ impl RequestChanges {
             .method
             .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("`{m}` is not a method"))))
             .transpose()?;
+        // A CONNECT asks the backend for a tunnel, which a proxied request's connection (pooled,
+        // shared with other clients' requests) must never become.
+        if method == Some(Method::CONNECT) {
+            return Err(invalid("a plugin may not turn a request into CONNECT".into()));
+        }
         if let Some(path) = &changes.path
             && (!path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err())
         {

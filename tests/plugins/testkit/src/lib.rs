@@ -201,6 +201,9 @@ impl Plugin for Testkit {
                         req.append_header(format!("x-flood-{n}"), "1");
                     }
                 }
+                if req.header_str("x-connect").is_some() {
+                    req.set_method("CONNECT");
+                }
                 Action::Continue
             }
             Mode::Bench => {

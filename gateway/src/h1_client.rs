@@ -293,6 +293,23 @@ struct BodyWriter {
     done: bool,
 }
 
+/// The last chunk of a chunked body with its trailer section. Fields that frame or route a
+/// message have no meaning there, and a lenient backend could act on them: they are left out.
+fn last_chunk(trailers: &HeaderMap) -> Bytes {
+    let mut block = b"0\r\n".to_vec();
+    for (name, value) in trailers {
+        if [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST].contains(name) {
+            continue;
+        }
+        block.extend_from_slice(name.as_str().as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    block.extend_from_slice(b"\r\n");
+    Bytes::from(block)
+}
+
 /// Up to three pieces of one frame on the wire: chunk-size line, data, CRLF.
 #[derive(Default)]
 struct Pending {
@@ -353,8 +370,14 @@ impl BodyWriter {
                         self.pending.pieces = [size, data, Bytes::from_static(b"\r\n")];
                     }
                     Ok(data) => self.pending.pieces[1] = data,
-                    // Request trailers are not forwarded, as with hyper's client before.
-                    Err(_trailers) => {}
+                    // Trailers follow the last chunk; a body sent with a Content-Length has no
+                    // place for them, and they are dropped.
+                    Err(frame) => {
+                        if let (true, Ok(trailers)) = (self.chunked, frame.into_trailers()) {
+                            self.pending.pieces[1] = last_chunk(&trailers);
+                            self.done = true;
+                        }
+                    }
                 },
                 None => {
                     self.done = true;

@@ -1,4 +1,5 @@
-//! HTTP/1.0 and HTTP/2 clients, gRPC-style HTTP/2 upstreams with trailers, and WebSocket upgrades.
+//! HTTP/1.0 and HTTP/2 clients, request trailers to HTTP/1.1 backends, gRPC-style HTTP/2 upstreams with
+//! trailers, and WebSocket upgrades.
 
 use std::time::Duration;
 
@@ -34,6 +35,27 @@ async fn an_http2_client_reaches_an_http1_backend() {
         assert_eq!((seen.version, seen.uri.as_str()), (Version::HTTP_11, path));
         assert_eq!(seen.headers["host"], "h2.test");
     }
+}
+
+#[tokio::test]
+async fn a_chunked_request_reaches_an_http1_backend_with_its_trailers() {
+    // The backend answers with the body it read and the trailers that came after it.
+    let backend = Backend::start(|request: Request<hyper::body::Incoming>| async move {
+        let collected = request.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let mut fields: Vec<String> = trailers.iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap())).collect();
+        fields.sort();
+        http::Response::new(full(format!("{}|{}", String::from_utf8_lossy(&collected.to_bytes()), fields.join(","))))
+    })
+    .await;
+    let config = format!("{LISTENER}\n{}\n[[route]]\nname = \"r\"\nupstream = \"b\"\n", upstream("b", &[&backend]));
+    let gateway = Gateway::start(&config);
+    let request = b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+        5\r\nhello\r\n0\r\nX-Checksum: abc\r\nContent-Length: 99\r\n\r\n";
+    let (reply, _) = raw_exchange(gateway.addr(), request).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    // The framing field is left out of the trailers; the checksum arrives.
+    assert!(reply.ends_with("\r\n\r\nhello|x-checksum=abc"), "{reply}");
 }
 
 #[tokio::test]

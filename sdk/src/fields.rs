@@ -4,9 +4,9 @@
 //! request headers, response headers and the request context this way, so they cross into the
 //! plugin as one copy. [`Fields`] keeps that buffer as it came and reads it in place. A change is
 //! only recorded, already in the encoding the host takes back; reads see the received entries
-//! through the recorded changes. A hook that changes a header after reading it (the usual order)
-//! so never rewrites or grows the buffer it received. Header lists are short, so a linear scan
-//! beats building a map the hook may never use.
+//! through the recorded changes, so the received buffer is never rewritten or grown, whatever a
+//! hook changes. Header lists are short, so a linear scan beats building a map the hook may never
+//! use.
 //!
 //! A malformed buffer (a length running past the end) is read up to the last whole entry; the
 //! codec never panics.

@@ -104,17 +104,8 @@ impl Fields {
     }
 
     /// The recorded changes, decoded, in order.
-    fn edits(&self) -> impl Iterator<Item = (Change, &[u8], &[u8])> + '_ {
-        let mut context = Iter { rest: &[][..] };
-        let mut headers = Edits { rest: &[][..] };
-        match self.kind {
-            Kind::Headers => headers.rest = &self.changes,
-            Kind::Context => context.rest = &self.changes,
-        }
-        // A context entry with an empty value removes the key.
-        let context =
-            context.map(|(key, value)| (if value.is_empty() { Change::Remove } else { Change::Set }, key, value));
-        headers.chain(context)
+    fn edits(&self) -> Edits<'_> {
+        Edits { rest: &self.changes, kind: self.kind }
     }
 
     /// Every value of `name`, in order, with the changes made.
@@ -237,10 +228,12 @@ impl<'a> Iterator for Iter<'a> {
     }
 }
 
-/// The changes of a `header-changes` buffer, read in place: kind, name, value (empty for a
-/// removal). Stops at an unknown kind or a cut-off entry.
+/// Recorded changes, read in place: kind, name, value (empty for a removal). Headers' are a
+/// `header-changes` list; the context's a `fields` list in which an empty value removes the key.
+/// Stops at an unknown kind or a cut-off entry.
 struct Edits<'a> {
     rest: &'a [u8],
+    kind: Kind,
 }
 
 impl<'a> Iterator for Edits<'a> {
@@ -248,13 +241,22 @@ impl<'a> Iterator for Edits<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let edit = (|| {
-            let (&kind, rest) = self.rest.split_first()?;
-            let change = [Change::Set, Change::Append, Change::Remove].into_iter().find(|c| *c as u8 == kind)?;
-            let mut entry = Iter { rest };
-            let name = entry.chunk()?;
-            let value = if change == Change::Remove { &[][..] } else { entry.chunk()? };
+            let mut entry = Iter { rest: self.rest };
+            let edit = match self.kind {
+                Kind::Headers => {
+                    let (&kind, rest) = self.rest.split_first()?;
+                    entry.rest = rest;
+                    let change = Change::from_byte(kind)?;
+                    let name = entry.chunk()?;
+                    (change, name, if change == Change::Remove { &[][..] } else { entry.chunk()? })
+                }
+                Kind::Context => {
+                    let (key, value) = entry.entry()?;
+                    (if value.is_empty() { Change::Remove } else { Change::Set }, key, value)
+                }
+            };
             self.rest = entry.rest;
-            Some((change, name, value))
+            Some(edit)
         })();
         if edit.is_none() {
             self.rest = &[];
@@ -296,6 +298,18 @@ pub(crate) enum Change {
     Remove = 2,
 }
 
+impl Change {
+    /// The kind numbered `byte`, if any.
+    fn from_byte(byte: u8) -> Option<Change> {
+        match byte {
+            0 => Some(Change::Set),
+            1 => Some(Change::Append),
+            2 => Some(Change::Remove),
+            _ => None,
+        }
+    }
+}
+
 /// Appends a header change to a `header-changes` buffer, lower-casing the name. `value` is
 /// ignored for [`Change::Remove`].
 pub(crate) fn push_change(buf: &mut Vec<u8>, change: Change, name: &str, value: &str) {
@@ -316,9 +330,9 @@ pub(crate) fn push_change(buf: &mut Vec<u8>, change: Change, name: &str, value: 
 }
 
 /// The changes of a `header-changes` buffer, for tests to read; stops at a malformed entry.
-pub(crate) fn changes(buf: &[u8]) -> Vec<HeaderOp> {
+pub(crate) fn header_ops(buf: &[u8]) -> Vec<HeaderOp> {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    Edits { rest: buf }
+    Edits { rest: buf, kind: Kind::Headers }
         .map(|(change, name, value)| match change {
             Change::Set => HeaderOp::Set(text(name), text(value)),
             Change::Append => HeaderOp::Append(text(name), text(value)),
@@ -410,7 +424,7 @@ mod tests {
         assert_eq!(f.first("a"), None);
         assert_eq!(f.as_bytes(), received, "the received entries are never rewritten");
         assert_eq!(
-            changes(f.changes()),
+            header_ops(f.changes()),
             [
                 HeaderOp::Set("a".into(), "9".into()),
                 HeaderOp::Remove("b".into()),
@@ -447,10 +461,10 @@ mod tests {
             HeaderOp::Remove("b".into()),
             HeaderOp::Append("c".into(), "".into()),
         ];
-        assert_eq!(changes(&buf), expected);
+        assert_eq!(header_ops(&buf), expected);
         buf.extend_from_slice(b"\x07\x01\0\0\0z");
-        assert_eq!(changes(&buf), expected, "an unknown kind ends the list");
-        assert_eq!(changes(&buf[..buf.len() - 9]).len(), 2, "so does a cut-off entry");
+        assert_eq!(header_ops(&buf), expected, "an unknown kind ends the list");
+        assert_eq!(header_ops(&buf[..buf.len() - 9]).len(), 2, "so does a cut-off entry");
     }
 
     #[test]

@@ -175,14 +175,13 @@ fn request_changes(mut req: Request) -> wit::RequestChanges {
 }
 
 fn no_request_changes() -> wit::RequestChanges {
-    let none = Vec::new;
     wit::RequestChanges {
         method: None,
         path: None,
         query: None,
-        headers: none(),
-        response_headers: none(),
-        context: none(),
+        headers: Vec::new(),
+        response_headers: Vec::new(),
+        context: Vec::new(),
     }
 }
 
@@ -300,7 +299,7 @@ mod tests {
         // The flat encodings of the WIT: kind, name length, name, value length, value.
         assert_eq!(out.changes.headers, b"\0\x0a\0\0\0x-greeting\x05\0\0\0hello");
         assert_eq!(out.changes.context, b"\x04\0\0\0seen\x02\0\0\x0042");
-        assert_eq!(fields::changes(&out.changes.response_headers), [HeaderOp::Set("x-seen".into(), "yes".into())]);
+        assert_eq!(fields::header_ops(&out.changes.response_headers), [HeaderOp::Set("x-seen".into(), "yes".into())]);
 
         let out = on_request(&PROBE, wit_request(&[("x-stop", "1")]));
         let wit::RequestAction::Respond(r) = out.action else {
@@ -327,7 +326,7 @@ mod tests {
         let out = on_response(&PROBE, wit_head());
         assert!(matches!(out.action, wit::ResponseAction::Continue));
         assert_eq!(out.changes.status, Some(201));
-        assert_eq!(fields::changes(&out.changes.headers), [HeaderOp::Append("x-route".into(), "api".into())]);
+        assert_eq!(fields::header_ops(&out.changes.headers), [HeaderOp::Append("x-route".into(), "api".into())]);
     }
 
     struct Picker;

@@ -246,8 +246,8 @@ impl Request {
             method: c.method.clone(),
             path: c.path.clone(),
             query: c.query.clone(),
-            headers: fields::changes(self.headers.changes()),
-            response_headers: fields::changes(&c.response_headers),
+            headers: fields::header_ops(self.headers.changes()),
+            response_headers: fields::header_ops(&c.response_headers),
             context: context_changes(self.context.changes()),
         }
     }
@@ -375,7 +375,7 @@ impl Response {
     pub fn changes(&self) -> ResponseChanges {
         ResponseChanges {
             status: self.changes.status,
-            headers: fields::changes(self.headers.changes()),
+            headers: fields::header_ops(self.headers.changes()),
             context: context_changes(self.context.changes()),
         }
     }

@@ -284,9 +284,9 @@ pub(crate) fn push_entry(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     };
     make_room(buf, 8 + name.len() + value.len());
     buf.extend_from_slice(&name_len.to_le_bytes());
-    buf.extend_from_slice(name);
+    put(buf, name, Case::Keep);
     buf.extend_from_slice(&value_len.to_le_bytes());
-    buf.extend_from_slice(value);
+    put(buf, value, Case::Keep);
 }
 
 /// The kind of a header change, numbered as the WIT's `header-changes` encoding numbers it.
@@ -320,13 +320,86 @@ pub(crate) fn push_change(buf: &mut Vec<u8>, change: Change, name: &str, value: 
     make_room(buf, 9 + name.len() + value.len());
     buf.push(change as u8);
     buf.extend_from_slice(&name_len.to_le_bytes());
-    // Lower-cased as it is copied: one pass, and no `memcpy`, which in a plugin is a call out of
-    // the sandbox (Wasm's `memory.copy`) that costs more than a header name's few bytes.
-    buf.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+    put(buf, name.as_bytes(), Case::Lower);
     if change != Change::Remove {
         buf.extend_from_slice(&value_len.to_le_bytes());
-        buf.extend_from_slice(value.as_bytes());
+        put(buf, value.as_bytes(), Case::Keep);
     }
+}
+
+/// Whether [`put`] lower-cases ASCII letters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Keep,
+    Lower,
+}
+
+/// Appends `bytes` to `buf`, lower-cased if asked. Up to 32 bytes (a header name, a short value)
+/// are copied as a few overlapping 8- or 4-byte words, lower-cased a word at a time: a `memcpy` in
+/// a plugin is Wasm's `memory.copy`, a call out of the sandbox that costs more than such a copy,
+/// and a byte loop costs a branch or two per byte. Longer slices go through `memcpy`.
+#[inline(always)]
+fn put(buf: &mut Vec<u8>, bytes: &[u8], case: Case) {
+    let n = bytes.len();
+    if n > 32 {
+        match case {
+            Case::Keep => buf.extend_from_slice(bytes),
+            Case::Lower => buf.extend(bytes.iter().map(u8::to_ascii_lowercase)),
+        }
+        return;
+    }
+    buf.reserve(n);
+    let word = |w: u64| if case == Case::Lower { lower_ascii(w) } else { w };
+    let at = buf.len();
+    let (src, dst) = (bytes.as_ptr(), buf.spare_capacity_mut().as_mut_ptr().cast::<u8>());
+    // SAFETY: every window below lies within `bytes` (offset + width <= n) and within the
+    // reserved spare capacity (at least n bytes); windows may overlap, and each writes the same
+    // bytes any other writes there. All n bytes are written before the length covers them.
+    unsafe {
+        let copy8 =
+            |i: usize| dst.add(i).cast::<u64>().write_unaligned(word(src.add(i).cast::<u64>().read_unaligned()));
+        let copy4 = |i: usize| {
+            let w = u64::from(src.add(i).cast::<u32>().read_unaligned());
+            dst.add(i).cast::<u32>().write_unaligned(word(w) as u32);
+        };
+        let copy1 = |i: usize| *dst.add(i) = word(u64::from(*src.add(i))) as u8;
+        match n {
+            0 => {}
+            1..4 => {
+                copy1(0);
+                copy1(n / 2);
+                copy1(n - 1);
+            }
+            4..8 => {
+                copy4(0);
+                copy4(n - 4);
+            }
+            8..=16 => {
+                copy8(0);
+                copy8(n - 8);
+            }
+            _ => {
+                copy8(0);
+                copy8(8);
+                copy8(n - 16);
+                copy8(n - 8);
+            }
+        }
+        buf.set_len(at + n);
+    }
+}
+
+/// Lower-cases the ASCII letters among a word's eight bytes, leaving every other byte as it is.
+fn lower_ascii(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    // Per byte, on its low seven bits (no carry into the next byte): the high bit says `>= 'A'`,
+    // and in the second sum `> 'Z'`. A letter is between them and has its own high bit clear.
+    let low = word & !HIGH;
+    let at_least_a = low + ONES * u64::from(0x80 - b'A');
+    let past_z = low + ONES * u64::from(0x7f - b'Z');
+    let upper = at_least_a & !past_z & !word & HIGH;
+    word | (upper >> 2)
 }
 
 /// The changes of a `header-changes` buffer, for tests to read; stops at a malformed entry.
@@ -465,6 +538,22 @@ mod tests {
         buf.extend_from_slice(b"\x07\x01\0\0\0z");
         assert_eq!(header_ops(&buf), expected, "an unknown kind ends the list");
         assert_eq!(header_ops(&buf[..buf.len() - 9]).len(), 2, "so does a cut-off entry");
+    }
+
+    #[test]
+    fn put_copies_every_length_and_lower_cases_only_ascii_letters() {
+        let text: Vec<u8> = (0..40u8).map(|i| b"@AZ[`az{\xc1\xda-0Mx"[usize::from(i) % 14]).collect();
+        for n in 0..=text.len() {
+            for (case, expected) in [
+                (Case::Keep, text[..n].to_vec()),
+                (Case::Lower, text[..n].iter().map(u8::to_ascii_lowercase).collect()),
+            ] {
+                let mut buf = b"head".to_vec();
+                put(&mut buf, &text[..n], case);
+                assert_eq!(buf[4..], expected[..], "{n} bytes");
+                assert_eq!(&buf[..4], b"head");
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, req
 use super::bindings::types::{self, RequestAction, ResponseAction, Selection};
 use super::fields::{self, Change, RequestLine};
 use super::header_names;
+use super::request_arg::{self, Context};
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
@@ -99,8 +100,8 @@ impl<'s> Chain<'s> {
                     route: self.route,
                 };
                 let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
-                let view = types::Request { head, tls: self.tls.map(TlsFacts::view), context };
-                plugin.call(|hooks, store| hooks.call_on_request(store, view))
+                let view = request_arg::Request { head, tls: self.tls.map(TlsFacts::view), context: Context(context) };
+                plugin.call(|hooks, store| request_arg::on_request(hooks, store, view))
             })
             .and_then(|outcome| {
                 let changes = RequestChanges::validate(outcome.changes)?;
@@ -244,8 +245,8 @@ pub fn select_backend(
     };
     let selection = fields::with_scratch(|scratch| {
         let (head, context) = fields::encode_request(scratch, &line, headers, context);
-        let view = types::Request { head, tls: tls.map(TlsFacts::view), context };
-        plugin.call(|hooks, store| hooks.call_select_backend(store, view, backends))
+        let view = request_arg::Request { head, tls: tls.map(TlsFacts::view), context: Context(context) };
+        plugin.call(|hooks, store| request_arg::select_backend(hooks, store, view, backends))
     });
     let chosen = selection.and_then(|selection| match selection {
         Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),

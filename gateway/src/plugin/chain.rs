@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, req
 use super::bindings::types::{self, RequestAction, ResponseAction, Selection};
 use super::fields::{self, Change, RequestLine};
 use super::header_names;
-use super::request_arg::{self, Context};
+use super::request_call::{self, Context};
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
@@ -100,8 +100,8 @@ impl<'s> Chain<'s> {
                     route: self.route,
                 };
                 let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
-                let view = request_arg::Request { head, tls: self.tls.map(TlsFacts::view), context: Context(context) };
-                plugin.call(|hooks, store| request_arg::on_request(hooks, store, view))
+                let view = request_call::Request { head, tls: self.tls.map(TlsFacts::view), context: Context(context) };
+                plugin.call(|hooks, store| request_call::on_request(hooks, store, view))
             })
             .and_then(|outcome| {
                 let changes = RequestChanges::validate(outcome.changes)?;
@@ -245,8 +245,8 @@ pub fn select_backend(
     };
     let selection = fields::with_scratch(|scratch| {
         let (head, context) = fields::encode_request(scratch, &line, headers, context);
-        let view = request_arg::Request { head, tls: tls.map(TlsFacts::view), context: Context(context) };
-        plugin.call(|hooks, store| request_arg::select_backend(hooks, store, view, backends))
+        let view = request_call::Request { head, tls: tls.map(TlsFacts::view), context: Context(context) };
+        plugin.call(|hooks, store| request_call::select_backend(hooks, store, view, backends))
     });
     let chosen = selection.and_then(|selection| match selection {
         Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),
@@ -265,7 +265,7 @@ pub fn select_backend(
 }
 
 /// A header change, checked.
-enum Op {
+pub(super) enum Op {
     Set(HeaderName, HeaderValue),
     Append(HeaderName, HeaderValue),
     Remove(HeaderName),
@@ -283,7 +283,7 @@ struct RequestChanges {
 }
 
 impl RequestChanges {
-    fn validate(changes: types::RequestChanges) -> Result<Self, PluginFailure> {
+    fn validate(changes: request_call::RequestChanges) -> Result<Self, PluginFailure> {
         let method = changes
             .method
             .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("`{m}` is not a method"))))
@@ -307,11 +307,11 @@ impl RequestChanges {
             method,
             path: changes.path,
             query: changes.query,
-            ops: validate_ops(&changes.headers)?,
-            response_ops: validate_ops(&changes.response_headers)?,
+            ops: changes.headers.0?,
+            response_ops: changes.response_headers.0?,
             context: {
-                validate_context(&changes.context)?;
-                changes.context
+                validate_context(&changes.context.0)?;
+                changes.context.0
             },
         })
     }
@@ -365,7 +365,7 @@ fn header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Plugin
 const MAX_HEADER_CHANGES: usize = 1000;
 
 /// Checks every change of a `header-changes` list.
-fn validate_ops(changes: &[u8]) -> Result<Vec<Op>, PluginFailure> {
+pub(super) fn validate_ops(changes: &[u8]) -> Result<Vec<Op>, PluginFailure> {
     let mut ops = Vec::new();
     for change in fields::header_changes(changes) {
         if ops.len() == MAX_HEADER_CHANGES {

@@ -14,7 +14,7 @@ mod header_names;
 mod host;
 mod instance;
 pub mod limits;
-mod request_arg;
+mod request_call;
 mod runtime;
 pub mod state;
 mod wasi;

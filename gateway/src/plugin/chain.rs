@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, req
 use super::bindings::types::{self, RequestAction, ResponseAction, Selection};
 use super::fields::{self, Change, RequestLine};
 use super::header_names;
-use super::request_call::{self, Context};
+use super::hook_calls::{self, Fields};
 use super::{Hook, LoadedPlugin, PluginFailure};
 use crate::body::ResponseBody;
 use crate::config::OnError;
@@ -100,8 +100,8 @@ impl<'s> Chain<'s> {
                     route: self.route,
                 };
                 let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
-                let view = request_call::Request { head, tls: self.tls.map(TlsFacts::view), context: Context(context) };
-                plugin.call(|hooks, store| request_call::on_request(hooks, store, view))
+                let view = hook_calls::Request { head, tls: self.tls.map(TlsFacts::view), context: Fields(context) };
+                plugin.call(|hooks, store| hook_calls::on_request(hooks, store, view))
             })
             .and_then(|outcome| {
                 let changes = RequestChanges::validate(outcome.changes)?;
@@ -153,21 +153,21 @@ impl<'s> Chain<'s> {
             let status = response.status().as_u16();
             let outcome = fields::with_scratch(|scratch| {
                 let (headers, context) = fields::encode_response(scratch, response.headers(), &self.context);
-                let view = types::ResponseHead {
+                let view = hook_calls::ResponseHead {
                     status,
-                    headers,
+                    headers: Fields(headers),
                     request_method: method,
                     request_path: path,
-                    request_headers,
+                    request_headers: Fields(request_headers),
                     route: self.route,
-                    context,
+                    context: Fields(context),
                 };
-                plugin.call(|hooks, store| hooks.call_on_response(store, view))
+                plugin.call(|hooks, store| hook_calls::on_response(hooks, store, view))
             })
             .and_then(|outcome| {
                 let status = outcome.changes.status.map(status_code).transpose()?;
-                let ops = validate_ops(&outcome.changes.headers)?;
-                validate_context(&outcome.changes.context)?;
+                let ops = outcome.changes.headers.0?;
+                validate_context(&outcome.changes.context.0)?;
                 let replace = match outcome.action {
                     ResponseAction::Continue => None,
                     ResponseAction::Replace(replacement) => Some(plugin_response(replacement)?),
@@ -176,7 +176,7 @@ impl<'s> Chain<'s> {
                         None
                     }
                 };
-                Ok((status, ops, outcome.changes.context, replace))
+                Ok((status, ops, outcome.changes.context.0, replace))
             });
             plugin.count(Hook::OnResponse, &outcome);
             match outcome {
@@ -245,8 +245,8 @@ pub fn select_backend(
     };
     let selection = fields::with_scratch(|scratch| {
         let (head, context) = fields::encode_request(scratch, &line, headers, context);
-        let view = request_call::Request { head, tls: tls.map(TlsFacts::view), context: Context(context) };
-        plugin.call(|hooks, store| request_call::select_backend(hooks, store, view, backends))
+        let view = hook_calls::Request { head, tls: tls.map(TlsFacts::view), context: Fields(context) };
+        plugin.call(|hooks, store| hook_calls::select_backend(hooks, store, view, backends))
     });
     let chosen = selection.and_then(|selection| match selection {
         Selection::Backend(index) if (index as usize) < backends.len() => Ok(Some(index as usize)),
@@ -283,7 +283,7 @@ struct RequestChanges {
 }
 
 impl RequestChanges {
-    fn validate(changes: request_call::RequestChanges) -> Result<Self, PluginFailure> {
+    fn validate(changes: hook_calls::RequestChanges) -> Result<Self, PluginFailure> {
         let method = changes
             .method
             .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("`{m}` is not a method"))))

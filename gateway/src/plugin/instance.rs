@@ -16,9 +16,9 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::hooks::Guest;
 use super::bindings::{Plugin, PluginPre};
 use super::clock::Ticking;
+use super::hook_calls;
 use super::host::HostState;
 use super::limits::{EPOCH_TICK, INIT_TIMEOUT, MAX_IDLE_PER_WORKER};
-use super::request_call;
 use super::state::SharedState;
 use crate::config::{Isolation, PluginConfig};
 use crate::metrics::{HotCounter, METRICS};
@@ -147,7 +147,7 @@ impl LoadedPlugin {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(ticks(INIT_TIMEOUT));
         let plugin = self.pre.instantiate(&mut store).map_err(|e| failure(&e, INIT_TIMEOUT))?;
-        request_call::check(plugin.sluice_plugin_hooks(), &store).map_err(|e| failure(&e, INIT_TIMEOUT))?;
+        hook_calls::check(plugin.sluice_plugin_hooks(), &store).map_err(|e| failure(&e, INIT_TIMEOUT))?;
         plugin
             .sluice_plugin_hooks()
             .call_init(&mut store, &self.config_json)

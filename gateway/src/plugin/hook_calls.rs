@@ -1,15 +1,15 @@
-//! Calls of `on-request` and `select-backend`: the request lowered, and on-request's outcome
-//! lifted, more cheaply than the generated bindings do.
+//! Hook calls, with arguments lowered and outcomes lifted more cheaply than the generated bindings
+//! do.
 //!
 //! - Lowering a list into a guest asks the guest's `cabi_realloc` for memory first: a call into
 //!   the sandbox that costs about as much as the rest of the list's lowering (~470 instructions),
 //!   and the generated bindings make it for an empty list too. The request context is empty for
 //!   the first plugin of every route, and for every plugin of a route whose plugins set none. Here
-//!   an empty context is lowered as the pointer `cabi_realloc` itself answers for zero bytes (the
-//!   alignment, in the Rust and C guests wit-bindgen generates), without asking.
-//! - The generated bindings lift each list of the outcome into a new `Vec`, a byte at a time,
+//!   an empty `fields` list is lowered as the pointer `cabi_realloc` itself answers for zero bytes
+//!   (the alignment, in the Rust and C guests wit-bindgen generates), without asking.
+//! - The generated bindings lift each list of an outcome into a new `Vec`, a byte at a time,
 //!   which the host then decodes. Here header changes are checked where the guest left them, in
-//!   its memory, and become [`Op`]s directly; the context's entries are copied in one `memcpy`.
+//!   its memory, and become [`Op`]s directly; context entries are copied in one `memcpy`.
 //!
 //! The records have the WIT types of the generated ones; [`check`] proves it once per instance,
 //! so each call can skip wasmtime's type check.
@@ -22,10 +22,10 @@ use wasmtime::{AsContext, AsContextMut, ValRaw};
 
 use super::PluginFailure;
 use super::bindings::hooks::Guest;
-use super::bindings::types::{Backend, RequestAction, Selection, TlsInfo};
+use super::bindings::types::{Backend, RequestAction, ResponseAction, Selection, TlsInfo};
 use super::chain::{Op, validate_ops};
 
-/// A request as the WIT's `types.request` record, its context lowered by [`Context`].
+/// A request as the WIT's `types.request` record.
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct Request<'a> {
@@ -37,15 +37,42 @@ pub struct Request<'a> {
     pub tls: Option<TlsInfo<'a>>,
     /// The request context.
     #[component(name = "context")]
-    pub context: Context<'a>,
+    pub context: Fields<'a>,
 }
 
-/// The request context, a WIT `fields` list.
+/// A response as the WIT's `types.response-head` record.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct ResponseHead<'a> {
+    /// The status code.
+    #[component(name = "status")]
+    pub status: u16,
+    /// The response headers.
+    #[component(name = "headers")]
+    pub headers: Fields<'a>,
+    /// The request's method.
+    #[component(name = "request-method")]
+    pub request_method: &'a str,
+    /// The request's path as the backend saw it.
+    #[component(name = "request-path")]
+    pub request_path: &'a str,
+    /// The request's headers as the backend saw them.
+    #[component(name = "request-headers")]
+    pub request_headers: Fields<'a>,
+    /// The name of the route.
+    #[component(name = "route")]
+    pub route: &'a str,
+    /// The request context.
+    #[component(name = "context")]
+    pub context: Fields<'a>,
+}
+
+/// A WIT `fields` list, lowered without a call into the guest when it is empty.
 #[derive(Clone, Copy)]
-pub struct Context<'a>(pub &'a [u8]);
+pub struct Fields<'a>(pub &'a [u8]);
 
 // SAFETY: the ABI and type check of the list it wraps, `list<u8>`.
-unsafe impl ComponentType for Context<'_> {
+unsafe impl ComponentType for Fields<'_> {
     type Lower = <[u8] as ComponentType>::Lower;
 
     const ABI: CanonicalAbiInfo = <[u8] as ComponentType>::ABI;
@@ -57,7 +84,7 @@ unsafe impl ComponentType for Context<'_> {
 
 // SAFETY: lowers as `[u8]` does, except that an empty list's pointer is the one `cabi_realloc`
 // answers for zero bytes of alignment 1; a guest reads no byte of an empty list.
-unsafe impl Lower for Context<'_> {
+unsafe impl Lower for Fields<'_> {
     fn linear_lower_to_flat<T>(
         &self,
         cx: &mut LowerContext<'_, T>,
@@ -78,7 +105,7 @@ unsafe impl Lower for Context<'_> {
         ty: InterfaceType,
         offset: usize,
     ) -> wasmtime::Result<()> {
-        // Only flat arguments take the shortcut: a request record always fits in them.
+        // Only flat arguments take the shortcut: every hook's arguments fit in them.
         self.0.linear_lower_to_memory(cx, ty, offset)
     }
 }
@@ -114,6 +141,33 @@ pub struct RequestChanges {
     /// The response's header changes.
     #[component(name = "response-headers")]
     pub response_headers: HeaderChanges,
+    /// Context entries to set, a `fields` block.
+    #[component(name = "context")]
+    pub context: Bytes,
+}
+
+/// What on-response decided, as the WIT's `types.response-outcome`.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct ResponseOutcome {
+    /// Keep or replace.
+    #[component(name = "action")]
+    pub action: ResponseAction,
+    /// The changes.
+    #[component(name = "changes")]
+    pub changes: ResponseChanges,
+}
+
+/// The changes of on-response, as the WIT's `types.response-changes`, header changes checked.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct ResponseChanges {
+    /// A new status code.
+    #[component(name = "status")]
+    pub status: Option<u16>,
+    /// The response's header changes.
+    #[component(name = "headers")]
+    pub headers: HeaderChanges,
     /// Context entries to set, a `fields` block.
     #[component(name = "context")]
     pub context: Bytes,
@@ -181,6 +235,7 @@ fn guest_bytes(memory: &[u8], ptr: u32, len: u32) -> wasmtime::Result<&[u8]> {
 /// below may skip the check. Run once per instance.
 pub fn check(hooks: &Guest, store: impl AsContext) -> wasmtime::Result<()> {
     hooks.func_on_request().func().typed::<(Request<'static>,), (RequestOutcome,)>(&store)?;
+    hooks.func_on_response().func().typed::<(ResponseHead<'static>,), (ResponseOutcome,)>(&store)?;
     hooks.func_select_backend().func().typed::<(Request<'static>, &[Backend<'static>]), (Selection,)>(&store)?;
     Ok(())
 }
@@ -191,6 +246,18 @@ pub fn on_request(hooks: &Guest, store: impl AsContextMut, request: Request<'_>)
     // SAFETY: `check` proved the types when the instance was made.
     let typed = unsafe { TypedFunc::<(Request<'_>,), (RequestOutcome,)>::new_unchecked(func) };
     Ok(typed.call(store, (request,))?.0)
+}
+
+/// Calls `on-response`.
+pub fn on_response(
+    hooks: &Guest,
+    store: impl AsContextMut,
+    response: ResponseHead<'_>,
+) -> wasmtime::Result<ResponseOutcome> {
+    let func = *hooks.func_on_response().func();
+    // SAFETY: `check` proved the types when the instance was made.
+    let typed = unsafe { TypedFunc::<(ResponseHead<'_>,), (ResponseOutcome,)>::new_unchecked(func) };
+    Ok(typed.call(store, (response,))?.0)
 }
 
 /// Calls `select-backend`.

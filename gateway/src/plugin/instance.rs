@@ -93,6 +93,9 @@ pub struct LoadedPlugin {
     #[expect(clippy::vec_box, reason = "an instance is moved out and back in on every hook call")]
     idle: ThreadLocal<RefCell<Vec<Box<Instance>>>>,
     config_json: String,
+    /// `timeout_ms` in epoch ticks, worked out once: a division of 128-bit numbers per call
+    /// otherwise.
+    deadline_ticks: u64,
     /// Keeps the epoch clock, and so this plugin's deadlines, running.
     _ticking: Ticking,
 }
@@ -113,6 +116,7 @@ impl LoadedPlugin {
             calls,
             name,
             config_json: config.config.to_string(),
+            deadline_ticks: ticks(config.timeout),
             config,
             sha256,
             engine,
@@ -186,7 +190,7 @@ impl LoadedPlugin {
             Some(instance) => instance,
             None => self.instantiate()?,
         };
-        instance.store.set_epoch_deadline(ticks(self.config.timeout));
+        instance.store.set_epoch_deadline(self.deadline_ticks);
         let result = hook(instance.plugin.sluice_plugin_hooks(), &mut instance.store);
         match result {
             Ok(value) => {

@@ -450,3 +450,26 @@ fn plugin_response(response: types::Response) -> Result<Response<ResponseBody>, 
     }
     Ok(built)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_entries_must_be_whole_and_utf8() {
+        let block = |pairs: &[(&[u8], &[u8])]| {
+            let mut block = Vec::new();
+            for (key, value) in pairs {
+                fields::push(&mut block, key, value);
+            }
+            block
+        };
+        assert!(validate_context(&block(&[(b"consumer", b"ann"), ("zoë".as_bytes(), "ünï".as_bytes())])).is_ok());
+        for bad in [block(&[(b"k", b"\xff")]), block(&[(b"\xc3", b"v")])] {
+            let refused = validate_context(&bad).unwrap_err().to_string();
+            assert_eq!(refused, "returned an invalid result: a context entry is not UTF-8");
+        }
+        let whole = block(&[(b"k", b"v")]);
+        assert!(validate_context(&whole[..whole.len() - 1]).is_err(), "a cut-off entry");
+    }
+}

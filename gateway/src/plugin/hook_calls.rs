@@ -17,7 +17,7 @@
 use std::mem::MaybeUninit;
 
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext, LowerContext};
-use wasmtime::component::{ComponentType, Lift, Lower, TypedFunc};
+use wasmtime::component::{ComponentNamedList, ComponentType, Func, Lift, Lower, TypedFunc};
 use wasmtime::{AsContext, AsContextMut, ValRaw};
 
 use super::PluginFailure;
@@ -242,10 +242,7 @@ pub fn check(hooks: &Guest, store: impl AsContext) -> wasmtime::Result<()> {
 
 /// Calls `on-request`.
 pub fn on_request(hooks: &Guest, store: impl AsContextMut, request: Request<'_>) -> wasmtime::Result<RequestOutcome> {
-    let func = *hooks.func_on_request().func();
-    // SAFETY: `check` proved the types when the instance was made.
-    let typed = unsafe { TypedFunc::<(Request<'_>,), (RequestOutcome,)>::new_unchecked(func) };
-    Ok(typed.call(store, (request,))?.0)
+    Ok(call_checked::<_, (RequestOutcome,)>(*hooks.func_on_request().func(), store, (request,))?.0)
 }
 
 /// Calls `on-response`.
@@ -254,10 +251,7 @@ pub fn on_response(
     store: impl AsContextMut,
     response: ResponseHead<'_>,
 ) -> wasmtime::Result<ResponseOutcome> {
-    let func = *hooks.func_on_response().func();
-    // SAFETY: `check` proved the types when the instance was made.
-    let typed = unsafe { TypedFunc::<(ResponseHead<'_>,), (ResponseOutcome,)>::new_unchecked(func) };
-    Ok(typed.call(store, (response,))?.0)
+    Ok(call_checked::<_, (ResponseOutcome,)>(*hooks.func_on_response().func(), store, (response,))?.0)
 }
 
 /// Calls `select-backend`.
@@ -267,8 +261,16 @@ pub fn select_backend(
     request: Request<'_>,
     backends: &[Backend<'_>],
 ) -> wasmtime::Result<Selection> {
-    let func = *hooks.func_select_backend().func();
-    // SAFETY: `check` proved the types when the instance was made.
-    let typed = unsafe { TypedFunc::<(Request<'_>, &[Backend<'_>]), (Selection,)>::new_unchecked(func) };
-    Ok(typed.call(store, (request, backends))?.0)
+    Ok(call_checked::<_, (Selection,)>(*hooks.func_select_backend().func(), store, (request, backends))?.0)
+}
+
+/// Calls one of the hooks whose types [`check`] proved, without checking them again.
+fn call_checked<Params, Return>(func: Func, store: impl AsContextMut, params: Params) -> wasmtime::Result<Return>
+where
+    Params: ComponentNamedList + Lower,
+    Return: ComponentNamedList + Lift,
+{
+    // SAFETY: `check` proved the hooks' types when the instance was made, and only hooks come here.
+    let typed = unsafe { TypedFunc::<Params, Return>::new_unchecked(func) };
+    typed.call(store, params)
 }

@@ -1,6 +1,6 @@
 # Shared by bench/run and bench/instructions (sourced, after `wasm` and `api_key` are set): a
-# scratch directory and the processes started in it, stopped on exit; free ports; the nginx
-# configs (backend and reverse proxy) and the Sluice configs (no plugins, api-key-auth, the three
+# scratch directory and the processes started in it, stopped on exit; free ports; waiting for a
+# server to answer; the nginx configs (backend and reverse proxy) and the Sluice configs (no plugins, api-key-auth, the three
 # plugins) both benchmarks compare.
 
 # --- processes, and stopping them --------------------------------------------------------------
@@ -35,6 +35,23 @@ free_port() {
     done
 }
 
+# waits until `address` answers (any status) while `pid` lives; else shows `log` and exits
+await() { # address, pid, log, [seconds, default 30]
+    local address=$1 pid=$2 log=$3 seconds=${4:-30}
+    for _ in $(seq $((seconds * 10))); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "process $pid ($address) died; its log:" >&2
+            cat "$log" >&2 || true
+            exit 1
+        fi
+        curl -sk -o /dev/null --max-time 1 "$address" && return
+        sleep 0.1
+    done
+    echo "$address not ready after $seconds s; log:" >&2
+    cat "$log" >&2 || true
+    exit 1
+}
+
 nginx_common() { # prefix directory
     cat <<NGINX
 worker_processes 1;
@@ -52,6 +69,24 @@ http {
     keepalive_timeout 75s;
     sendfile on;
     tcp_nopush on;
+NGINX
+}
+
+# The backend: /v1/hello and /hello answer the 6-byte "hello\n" from memory, every other path is a
+# static file under $work/www (sendfile); / answers 204, for readiness probes.
+nginx_backend() { # prefix directory
+    nginx_common "$1"
+    cat <<NGINX
+    server {
+        listen 127.0.0.1:$backend_port;
+        root $work/www;
+        default_type application/octet-stream;
+        location = / { return 204; }
+        location / { }
+        location = /v1/hello { default_type text/plain; return 200 "hello\n"; }
+        location = /hello { default_type text/plain; return 200 "hello\n"; }
+    }
+}
 NGINX
 }
 

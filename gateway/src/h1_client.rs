@@ -128,14 +128,20 @@ impl Connection {
         }
         let head_only = parts.method == Method::HEAD;
         let upgrade = parts.headers.contains_key(header::UPGRADE);
-        drop(parts);
+        // The request's header map, emptied, holds the response's headers: it has the room the
+        // request's forwarding headers made it grow to, and hyper hands the map of the response
+        // it writes to the client's next request, so one map serves the connection's requests
+        // without allocating or growing again.
+        let mut headers = parts.headers;
+        headers.clear();
+        drop((parts.uri, parts.extensions));
         let head = poll_fn(|cx| {
             let written = match writer.poll_write(cx, &mut self.io, &mut body) {
                 Poll::Ready(Ok(())) => true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => false,
             };
-            match self.poll_head(cx) {
+            match self.poll_head(cx, &mut headers) {
                 Poll::Ready(head) => Poll::Ready(head.map(|head| (head, written)).map_err(SendError::Backend)),
                 Poll::Pending => Poll::Pending,
             }
@@ -183,11 +189,12 @@ impl Connection {
         std::pin::pin!(read).poll(cx)
     }
 
-    /// Reads until a final response head is complete; interim (1xx) responses are skipped.
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
+    /// Reads until a final response head is complete, its headers in `headers` (an empty map);
+    /// interim (1xx) responses are skipped.
+    fn poll_head(&mut self, cx: &mut Context<'_>, headers: &mut HeaderMap) -> Poll<Result<Head, Error>> {
         loop {
             if !self.read.is_empty() {
-                match parse_head(&mut self.read)? {
+                match parse_head(&mut self.read, headers)? {
                     Some(head)
                         if head.response.status().is_informational()
                             && head.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
@@ -415,9 +422,10 @@ struct Span {
     value: (u32, u32),
 }
 
-/// Parses a response head from the start of `read`, consuming it; `None` when incomplete. Header
-/// values are slices of the head as read, not copies.
-fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Error> {
+/// Parses a response head from the start of `read`, consuming it, into the empty map `headers`
+/// (taken when the head is complete); `None` when incomplete. Header values are slices of the
+/// head as read, not copies.
+fn parse_head(read: &mut BytesMut, headers: &mut HeaderMap) -> Result<Option<Head>, Error> {
     let mut spans = [Span::default(); MAX_HEADERS];
     let (len, code, minor, count) = {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -445,7 +453,8 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Error> {
     };
     let head = read.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| Error::InvalidHead(format!("status {code}")))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = std::mem::take(headers);
+    headers.reserve(count);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let (mut told_close, mut told_keep_alive) = (false, false);
@@ -717,7 +726,7 @@ mod tests {
     /// The framing and reuse a response head asks for.
     fn framing_of(head: &str) -> Result<(String, bool), Error> {
         let mut read = BytesMut::from(head);
-        let head = parse_head(&mut read)?.expect("a complete head");
+        let head = parse_head(&mut read, &mut HeaderMap::new())?.expect("a complete head");
         Ok((format!("{:?}", head.framing), head.keep_alive))
     }
 
@@ -752,8 +761,9 @@ mod tests {
     #[test]
     fn a_head_is_consumed_repeated_fields_kept_in_order_and_what_follows_left_unread() {
         let mut read = BytesMut::from("HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody");
-        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nX-A: 1\r\n")).unwrap().is_none());
-        let head = parse_head(&mut read).unwrap().unwrap();
+        let mut headers = HeaderMap::new();
+        assert!(parse_head(&mut BytesMut::from("HTTP/1.1 200 OK\r\nX-A: 1\r\n"), &mut headers).unwrap().is_none());
+        let head = parse_head(&mut read, &mut headers).unwrap().unwrap();
         assert_eq!(&read[..], b"body");
         let values: Vec<_> = head.response.headers().get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);

@@ -57,6 +57,12 @@ async fn forwards_with_the_forwarding_rules_and_reuses_connections() {
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(backend.last().headers["x-request-id"], "abc-123", "a client's request id is kept");
+    // One header map serves a connection's requests and responses in turn: the response holds
+    // the backend's headers and nothing of the request before it.
+    let mut names: Vec<&str> = reply.headers.keys().map(|name| name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-length", "date", "x-backend"]);
+    assert_eq!(reply.headers.get_all("x-backend").iter().count(), 1);
     for _ in 0..5 {
         client.get("shop.test", "/z").await;
     }

@@ -195,7 +195,11 @@ async fn rate_limit_by_consumer_counts_each_consumer_apart() {
     let backend = Backend::named("backend").await;
     let limiter =
         plugin("limit", "rate_limit", &format!("limit = 2\nwindow_ms = {CENTURY_MS}\nkey = \"context:consumer\""));
-    let gateway = gateway(&[api_key_auth(), limiter], &["auth", "limit"], &backend);
+    // The same limit by the header api-key-auth adds: a plugin sees the request as every
+    // plugin before it left it, whether the one just before changed it (auth) or not (limit).
+    let by_header =
+        plugin("by-header", "rate_limit", &format!("limit = 2\nwindow_ms = {CENTURY_MS}\nkey = \"header:x-consumer\""));
+    let gateway = gateway(&[api_key_auth(), limiter, by_header], &["auth", "limit", "by-header"], &backend);
     let mut client = Client::connect(gateway.addr()).await;
     let as_consumer = |key: &'static str| get_with("/", &[("x-api-key", key)]);
 

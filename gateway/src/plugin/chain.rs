@@ -85,49 +85,56 @@ impl<'s> Chain<'s> {
         }
         let client_ip = IpText::new(client_ip);
         let client_ip = client_ip.as_str();
-        let mut verdict = Verdict::Continue;
-        for (position, plugin) in self.plugins() {
-            if !plugin.implements(Hook::OnRequest) {
-                self.ran |= 1 << position;
-                continue;
-            }
-            let outcome = fields::with_scratch(|scratch| {
-                let line = RequestLine {
-                    method: parts.method.as_str(),
-                    path: &target.path,
-                    query: target.query.as_deref().unwrap_or(""),
-                    client_ip,
-                    route: self.route,
-                };
-                let (head, context) = fields::encode_request(scratch, &line, &parts.headers, &self.context);
-                let view = hook_calls::Request { head, tls: self.tls.map(TlsFacts::view), context: Fields(context) };
-                plugin.call(|hooks, store| hook_calls::on_request(hooks, store, view))
-            })
-            .and_then(|outcome| {
-                let changes = RequestChanges::validate(outcome.changes)?;
-                let respond = match outcome.action {
-                    RequestAction::Continue => None,
-                    RequestAction::Respond(response) => Some(plugin_response(response)?),
-                    RequestAction::NotImplemented => {
-                        plugin.mark_unimplemented(Hook::OnRequest);
-                        None
-                    }
-                };
-                Ok((changes, respond))
-            });
-            plugin.count(Hook::OnRequest, &outcome);
-            match outcome {
-                Ok((changes, respond)) => {
-                    changes.apply(parts, target, &mut self.context, &mut self.response_ops);
+        // The request's head is encoded once and crosses into each plugin as it is, until a
+        // plugin changes the request; the context crosses as the chain keeps it.
+        let verdict = fields::with_scratch(|head| {
+            let mut encoded = false;
+            for (position, plugin) in self.plugins() {
+                if !plugin.implements(Hook::OnRequest) {
                     self.ran |= 1 << position;
-                    if let Some(response) = respond {
-                        verdict = Verdict::Respond(Box::new(response));
-                        break;
-                    }
+                    continue;
                 }
-                Err(failure) => self.failed(plugin, Hook::OnRequest, failure)?,
+                if !encoded {
+                    let line = RequestLine {
+                        method: parts.method.as_str(),
+                        path: &target.path,
+                        query: target.query.as_deref().unwrap_or(""),
+                        client_ip,
+                        route: self.route,
+                    };
+                    fields::encode_request(head, &line, &parts.headers);
+                    encoded = true;
+                }
+                let view =
+                    hook_calls::Request { head, tls: self.tls.map(TlsFacts::view), context: Fields(&self.context) };
+                let outcome =
+                    plugin.call(|hooks, store| hook_calls::on_request(hooks, store, view)).and_then(|outcome| {
+                        let changes = RequestChanges::validate(outcome.changes)?;
+                        let respond = match outcome.action {
+                            RequestAction::Continue => None,
+                            RequestAction::Respond(response) => Some(plugin_response(response)?),
+                            RequestAction::NotImplemented => {
+                                plugin.mark_unimplemented(Hook::OnRequest);
+                                None
+                            }
+                        };
+                        Ok((changes, respond))
+                    });
+                plugin.count(Hook::OnRequest, &outcome);
+                match outcome {
+                    Ok((changes, respond)) => {
+                        encoded &= !changes.change_the_request();
+                        changes.apply(parts, target, &mut self.context, &mut self.response_ops);
+                        self.ran |= 1 << position;
+                        if let Some(response) = respond {
+                            return Ok(Verdict::Respond(Box::new(response)));
+                        }
+                    }
+                    Err(failure) => self.failed(plugin, Hook::OnRequest, failure)?,
+                }
             }
-        }
+            Ok(Verdict::Continue)
+        })?;
         if self.plugins().any(|(position, p)| self.ran & (1 << position) != 0 && p.implements(Hook::OnResponse)) {
             self.request =
                 Some((parts.method.to_string(), target.path.to_string(), fields::encode_headers(&parts.headers)));
@@ -151,8 +158,8 @@ impl<'s> Chain<'s> {
                 continue;
             }
             let status = response.status().as_u16();
-            let outcome = fields::with_scratch(|scratch| {
-                let (headers, context) = fields::encode_response(scratch, response.headers(), &self.context);
+            let outcome = fields::with_scratch(|headers| {
+                fields::append_headers(headers, response.headers());
                 let view = hook_calls::ResponseHead {
                     status,
                     headers: Fields(headers),
@@ -160,7 +167,7 @@ impl<'s> Chain<'s> {
                     request_path: path,
                     request_headers: Fields(request_headers),
                     route: self.route,
-                    context: Fields(context),
+                    context: Fields(&self.context),
                 };
                 plugin.call(|hooks, store| hook_calls::on_response(hooks, store, view))
             })
@@ -243,8 +250,8 @@ pub fn select_backend(
         client_ip: client_ip.as_str(),
         route,
     };
-    let selection = fields::with_scratch(|scratch| {
-        let (head, context) = fields::encode_request(scratch, &line, headers, context);
+    let selection = fields::with_scratch(|head| {
+        fields::encode_request(head, &line, headers);
         let view = hook_calls::Request { head, tls: tls.map(TlsFacts::view), context: Fields(context) };
         plugin.call(|hooks, store| hook_calls::select_backend(hooks, store, view, backends))
     });
@@ -314,6 +321,11 @@ impl RequestChanges {
                 changes.context.0
             },
         })
+    }
+
+    /// Whether these changes change what the next plugin's request `head` holds.
+    fn change_the_request(&self) -> bool {
+        self.method.is_some() || self.path.is_some() || self.query.is_some() || !self.ops.is_empty()
     }
 
     fn apply(

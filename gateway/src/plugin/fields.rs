@@ -37,10 +37,15 @@ pub fn remove(block: &mut Vec<u8>, name: &[u8]) {
 pub fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
     let size: usize = headers.iter().map(|(n, v)| 8 + n.as_str().len() + v.len()).sum();
     let mut block = Vec::with_capacity(size);
-    for (name, value) in headers {
-        push(&mut block, name.as_str().as_bytes(), value.as_bytes());
-    }
+    append_headers(&mut block, headers);
     block
+}
+
+/// Appends every header to `block`, repeated ones in order.
+pub fn append_headers(block: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        push(block, name.as_str().as_bytes(), value.as_bytes());
+    }
 }
 
 /// Runs `f` with this thread's scratch buffer, emptied: hook arguments are encoded there instead
@@ -149,38 +154,14 @@ impl RequestLine<'_> {
     }
 }
 
-/// Encodes a request's `head` (the pseudo-header entries, then the headers) and its context one
-/// after the other in `buffer`; returns both blocks.
-pub fn encode_request<'b>(
-    buffer: &'b mut Vec<u8>,
-    line: &RequestLine<'_>,
-    headers: &HeaderMap,
-    context: &[u8],
-) -> (&'b [u8], &'b [u8]) {
-    encode_blocks(buffer, &line.entries(), headers, context)
-}
-
-/// Encodes `headers`, then copies `context` (a `fields` block) after them in `buffer`; returns
-/// both blocks.
-pub fn encode_response<'b>(buffer: &'b mut Vec<u8>, headers: &HeaderMap, context: &[u8]) -> (&'b [u8], &'b [u8]) {
-    encode_blocks(buffer, &[], headers, context)
-}
-
-fn encode_blocks<'b>(
-    buffer: &'b mut Vec<u8>,
-    first: &[(&str, &str)],
-    headers: &HeaderMap,
-    context: &[u8],
-) -> (&'b [u8], &'b [u8]) {
-    for (name, value) in first {
+/// Encodes a request's `head` into `buffer`, replacing what it held: the pseudo-header entries,
+/// then the headers.
+pub fn encode_request(buffer: &mut Vec<u8>, line: &RequestLine<'_>, headers: &HeaderMap) {
+    buffer.clear();
+    for (name, value) in line.entries() {
         push(buffer, name.as_bytes(), value.as_bytes());
     }
-    for (name, value) in headers {
-        push(buffer, name.as_str().as_bytes(), value.as_bytes());
-    }
-    let split = buffer.len();
-    buffer.extend_from_slice(context);
-    buffer.split_at(split)
+    append_headers(buffer, headers);
 }
 
 #[cfg(test)]
@@ -213,10 +194,17 @@ mod tests {
         let expected: Vec<u8> =
             [&[1, 0, 0, 0][..], b"a", &[1, 0, 0, 0], b"1", &[1, 0, 0, 0], b"a", &[2, 0, 0, 0], b"22"].concat();
         assert_eq!(block, expected);
-        let mut context = Vec::new();
-        push(&mut context, b"k", b"v");
-        let mut buffer = Vec::new();
-        assert_eq!(encode_response(&mut buffer, &headers, &context), (&block[..], &context[..]));
+
+        let line = RequestLine { method: "GET", path: "/p", query: "", client_ip: "192.0.2.1", route: "r" };
+        let mut buffer = b"stale".to_vec();
+        encode_request(&mut buffer, &line, &headers);
+        let mut pseudo = Vec::new();
+        for (name, value) in
+            [(":method", "GET"), (":path", "/p"), (":query", ""), (":client-ip", "192.0.2.1"), (":route", "r")]
+        {
+            push(&mut pseudo, name.as_bytes(), value.as_bytes());
+        }
+        assert_eq!(buffer, [pseudo, block].concat(), "the pseudo-headers, then the headers, and nothing before");
     }
 
     #[test]

@@ -7,15 +7,15 @@
 //! frame a message differently. A gateway sits in such chains, so it refuses them: 400, and the
 //! connection closed.
 //!
-//! [`Strict`] wraps a client connection and follows its message framing as the bytes are read:
+//! [`Strict`] wraps an HTTP/1 client connection and follows its message framing as the bytes are read:
 //! each head line by line, then the body by its `Content-Length` or its chunks, to find where the
 //! next head starts. On a violation it overwrites the offending byte (always in the bytes just
 //! read, which hyper has not parsed yet) with NUL, which httparse rejects as it reaches it, so
 //! hyper answers its own 400 and closes the connection, in order after any pipelined answers.
 //!
 //! It stops following (and leaves the rest of the connection to hyper, which frames it safely
-//! if leniently) where it cannot be sure: after CONNECT and `Upgrade` requests, on HTTP/2, and
-//! on framing it cannot read (a `Content-Length` or `Transfer-Encoding` line longer than the
+//! if leniently) where it cannot be sure: after CONNECT and `Upgrade` requests, and on framing it
+//! cannot read (a `Content-Length` or `Transfer-Encoding` line longer than the
 //! 64 bytes it keeps of a line, a malformed chunk). It never copies or holds bytes
 //! back; the cost is a `memchr` over each head (~26 ns for a small request).
 
@@ -115,7 +115,7 @@ struct Said {
     content_length: Option<u64>,
     transfer_encoding: bool,
     chunked: bool,
-    /// CONNECT, an upgrade, HTTP/2, or a framing header too long to read: stop following after
+    /// CONNECT, an upgrade, or a framing header too long to read: stop following after
     /// the head.
     stop: bool,
 }
@@ -163,8 +163,8 @@ impl Framing {
         self.state.check(bytes);
     }
 
-    /// Whether it has stopped following the stream (after a violation, an upgrade, HTTP/2, or
-    /// framing it cannot read).
+    /// Whether it has stopped following the stream (after a violation, an upgrade, or framing it
+    /// cannot read).
     pub fn stopped(&self) -> bool {
         matches!(self.state, State::Off)
     }
@@ -260,10 +260,6 @@ impl Said {
                 return Verdict::More;
             }
             self.started = true;
-            if text.starts_with(b"PRI * HTTP/2.0") {
-                self.stop = true;
-                return Verdict::End;
-            }
             self.stop = text.starts_with(b"CONNECT ");
             return Verdict::More;
         }
@@ -439,7 +435,6 @@ mod tests {
     #[test]
     fn what_it_cannot_follow_is_left_to_hyper() {
         for stream in [
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\n\n",
             "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\n\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\n\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\n\n",

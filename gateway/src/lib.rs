@@ -26,6 +26,7 @@ pub mod net;
 pub mod path;
 pub mod plugin;
 pub mod pool;
+pub mod preface;
 pub mod proxy;
 pub mod relay;
 pub mod router;

@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -35,6 +36,7 @@ use crate::l4;
 use crate::local::LocalExec;
 use crate::logging;
 use crate::metrics::METRICS;
+use crate::preface::{self, Version};
 use crate::proxy::{self, Downstream, Worker};
 use crate::snapshot::Snapshot;
 use crate::tls::{ServerTls, Stream, TlsFacts};
@@ -141,7 +143,7 @@ fn worker(
         let worker = Rc::new(Worker::new(snapshots));
         tokio::task::spawn_local(worker.pool.clone().sweep_every_interval());
         let connections = Rc::new(Connections::default());
-        let builder = Rc::new(http_builder(&worker.snapshots.load().config.server.limits));
+        let builder = Rc::new(HttpBuilders::new(&worker.snapshots.load().config.server.limits));
         let mut accepting: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut stop = stopped.clone();
         loop {
@@ -199,26 +201,34 @@ fn worker(
 /// head over the byte or field limit, and closes a connection whose next request head does not
 /// arrive within the header read timeout; h2 resets streams past the concurrency limit and closes
 /// connections that reset streams too fast (the 2023 rapid-reset attack).
-fn http_builder(limits: &ClientLimits) -> auto::Builder<LocalExec> {
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    // hyper's own limit is 100 fields, kept on the stack; setting any limit, even 100, makes it
-    // fill a header array per request (~0.3 µs), so only another value is passed on.
-    if limits.max_headers != HYPER_MAX_HEADERS {
-        builder.http1().max_headers(limits.max_headers);
+struct HttpBuilders {
+    http1: http1::Builder,
+    http2: http2::Builder<LocalExec>,
+    /// How long a new connection may take to send its first bytes.
+    first_bytes_timeout: Duration,
+}
+
+impl HttpBuilders {
+    fn new(limits: &ClientLimits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        // hyper's own limit is 100 fields, kept on the stack; setting any limit, even 100, makes it
+        // fill a header array per request (~0.3 µs), so only another value is passed on.
+        if limits.max_headers != HYPER_MAX_HEADERS {
+            http1.max_headers(limits.max_headers);
+        }
+        let mut http2 = http2::Builder::new(LocalExec);
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(Some(1024));
+        HttpBuilders { http1, http2, first_bytes_timeout: limits.header_read_timeout }
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(Some(1024));
-    builder
 }
 
 /// The number of request header fields hyper accepts when not told otherwise.
@@ -265,7 +275,7 @@ async fn accept(
     name: String,
     listener: tokio::net::TcpListener,
     worker: Rc<Worker>,
-    builder: Rc<auto::Builder<LocalExec>>,
+    builder: Rc<HttpBuilders>,
     connections: Rc<Connections>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -331,7 +341,7 @@ struct Connection {
     name: String,
     peer: SocketAddr,
     worker: Rc<Worker>,
-    builder: Rc<auto::Builder<LocalExec>>,
+    builder: Rc<HttpBuilders>,
 }
 
 impl Connection {
@@ -364,33 +374,65 @@ impl Connection {
                 }
             }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(Strict::new(stream)), service);
-        tokio::pin!(connection);
-        // The stop signal is one watch channel for the process, and polling it takes a lock that
-        // every connection of every worker shares: it is polled once, which leaves this task to be
-        // woken by it, and after that checked with an atomic load at each wake-up.
-        let signal = stopped.clone();
-        let stop = stopped.wait_for(|stop| *stop);
-        tokio::pin!(stop);
-        let (mut registered, mut draining) = (false, false);
-        let result = std::future::poll_fn(|cx| {
-            if !draining {
-                let stop_now = if registered {
-                    signal.has_changed().unwrap_or(true)
-                } else {
-                    registered = true;
-                    stop.as_mut().poll(cx).is_ready()
-                };
-                if stop_now {
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+        let sniffed = tokio::select! {
+            sniffed = tokio::time::timeout(builder.first_bytes_timeout, preface::sniff(stream)) => sniffed,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let result = match sniffed {
+            Ok(Ok(Some((Version::Http1, stream)))) => {
+                let connection =
+                    builder.http1.serve_connection(TokioIo::new(Strict::new(stream)), service).with_upgrades();
+                until_drained(connection, |c| c.graceful_shutdown(), stopped).await
             }
-            connection.as_mut().poll(cx)
-        })
-        .await;
+            Ok(Ok(Some((Version::Http2, stream)))) => {
+                let connection = builder.http2.serve_connection(TokioIo::new(stream), service);
+                until_drained(connection, |c| c.graceful_shutdown(), stopped).await
+            }
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "client connection failed before its first request");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "client sent nothing within the header read timeout: connection closed");
+                Ok(())
+            }
+        };
         if let Err(e) = result {
             tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
         }
     }
+}
+
+/// Serves `connection` to its end; once the worker is told to stop, `shut_down` asks it to finish
+/// the requests in flight and close.
+async fn until_drained<C: Future<Output = Result<(), hyper::Error>>>(
+    connection: C,
+    shut_down: impl Fn(Pin<&mut C>),
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), hyper::Error> {
+    let mut connection = std::pin::pin!(connection);
+    // The stop signal is one watch channel for the process, and polling it takes a lock that
+    // every connection of every worker shares: it is polled once, which leaves this task to be
+    // woken by it, and after that checked with an atomic load at each wake-up.
+    let signal = stopped.clone();
+    let stop = stopped.wait_for(|stop| *stop);
+    tokio::pin!(stop);
+    let (mut registered, mut draining) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !draining {
+            let stop_now = if registered {
+                signal.has_changed().unwrap_or(true)
+            } else {
+                registered = true;
+                stop.as_mut().poll(cx).is_ready()
+            };
+            if stop_now {
+                draining = true;
+                shut_down(connection.as_mut());
+            }
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
 }

@@ -70,6 +70,11 @@ async fn slowloris_clients_are_cut_at_the_header_timeout_while_others_are_served
         let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "a slowloris connection is still open");
     }
+    // So is a connection that never sends a byte, before it could tell HTTP/1 from HTTP/2.
+    let mut silent = TcpStream::connect(gateway.addr()).await.unwrap();
+    let mut nothing = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut nothing)).await;
+    assert!(matches!(read, Ok(Ok(0))), "the silent connection is closed without an answer: {read:?}");
     // An idle keep-alive connection is closed after the same timeout.
     let mut idle = TcpStream::connect(gateway.addr()).await.unwrap();
     idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
